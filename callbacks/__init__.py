@@ -1,0 +1,1 @@
+"""Lightning callbacks that plug into any unlearning stream (regularizers, drift, ...)."""

@@ -1,0 +1,1 @@
+"""Lightning DataModules: rendered tiny-world images, and the stream of unlearning requests."""

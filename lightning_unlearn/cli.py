@@ -1,0 +1,55 @@
+"""Command line: LightningCLI subclasses behind one ``train.py`` with subcommands.
+
+- ``pretrain``: fit any LightningModule + DataModule from a config (the tiny world's UNet and
+  classifier recipes); Lightning's own ``fit`` options apply (``--ckpt_path last`` resumes).
+- ``unlearn``: serve a stream of unlearning requests (see ``lightning_unlearn.stream``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+SUBCOMMANDS = ("pretrain", "unlearn")
+
+
+def _quiet() -> None:
+    # Nothing in this project may reach for a hub at run time.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # jsonargparse >= 4.49 warns about its own deprecations under LightningCLI: noise to users.
+    warnings.filterwarnings("ignore", module="jsonargparse")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+
+
+def pretrain(args: list[str]) -> None:
+    """Fit a pretraining recipe (``--model`` and ``--data`` take class paths)."""
+    LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=["fit", *args],
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch ``train.py SUBCOMMAND ...``."""
+    _quiet()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        print(f"usage: train.py {{{','.join(SUBCOMMANDS)}}} --config CONFIG [options]  (add --help for options)")
+        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    command, rest = argv[0], argv[1:]
+    if command == "pretrain":
+        pretrain(rest)
+    else:
+        from lightning_unlearn.stream import unlearn
+
+        unlearn(rest)

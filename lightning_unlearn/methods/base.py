@@ -1,0 +1,33 @@
+"""The method interface: what an unlearning method must provide to the UnlearningModule.
+
+A method is only a loss (plus per-request preparation). It never sees regularizers, and
+regularizers never look inside it: they see parameters, gradients and the request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from lightning_unlearn.unlearning_module import UnlearningModule
+
+
+class UnlearningMethod:
+    """Base class of unlearning losses (ESD, Concept Ablation, ...)."""
+
+    def prepare_request(self, module: UnlearningModule, captions: list[str]) -> None:
+        """Build what this request needs (x_t banks, anchor data...) before training starts.
+
+        Called once per request, after ``module.reference_unet`` has been frozen from the
+        weights the request starts from. ``captions`` name the concept being erased.
+        """
+
+    def loss(self, module: UnlearningModule, batch: dict[str, Any]) -> torch.Tensor:
+        """The unlearning loss of one batch (``caption``: list[str], ``seed``: [B] tensor)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-request state worth checkpointing (default: none; prepared data is rebuilt)."""
+        return {}

@@ -1,0 +1,75 @@
+"""Unlearning requests and the concept vocabulary they are checked against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES, ConceptKind, PromptTemplates
+
+
+class RequestError(ValueError):
+    """A request list that cannot be served (unknown concept, wrong kind, duplicate, empty)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One takedown request: erase ``concept`` (a ``style`` or an ``object``)."""
+
+    concept: str
+    kind: ConceptKind
+
+    @property
+    def slug(self) -> str:
+        """File-name-safe form of the concept ("Van Gogh" -> "van-gogh")."""
+        return "".join(ch if ch.isalnum() else "-" for ch in self.concept.lower()).strip("-")
+
+
+@dataclass
+class ConceptVocabulary:
+    """The concepts a model knows, by kind, and how captions name them.
+
+    The tiny world's vocabulary is the default; for a real model list its concepts in YAML.
+    """
+
+    styles: list[str] = field(default_factory=lambda: list(STYLES))
+    objects: list[str] = field(default_factory=lambda: list(OBJECTS))
+    templates: PromptTemplates = field(default_factory=PromptTemplates)
+
+    def kind_of(self, concept: str) -> ConceptKind:
+        """Kind of a known concept; :class:`RequestError` naming an unknown one."""
+        if concept in self.styles:
+            return "style"
+        if concept in self.objects:
+            return "object"
+        raise RequestError(
+            f"unknown concept {concept!r}: not among the styles {self.styles} nor the objects {self.objects}"
+        )
+
+    def concepts(self, kind: ConceptKind) -> list[str]:
+        """All concepts of one kind."""
+        return list(self.styles if kind == "style" else self.objects)
+
+    def parse(self, entries: list[str | dict]) -> list[Request]:
+        """Requests from YAML entries: a concept name, or ``{concept: NAME, kind: style|object}``.
+
+        Raises :class:`RequestError` for an empty list, an unknown concept, a kind that does
+        not match the concept, or a concept requested twice.
+        """
+        if not entries:
+            raise RequestError("the request list is empty: give at least one concept to unlearn")
+        requests: list[Request] = []
+        for entry in entries:
+            if isinstance(entry, str):
+                concept, kind = entry, None
+            elif isinstance(entry, dict) and "concept" in entry:
+                concept, kind = str(entry["concept"]), entry.get("kind")
+            else:
+                raise RequestError(f"a request must be a concept name or {{concept: ..., kind: ...}}, got {entry!r}")
+            actual = self.kind_of(concept)
+            if kind is not None and kind != actual:
+                raise RequestError(f"request {concept!r} says kind {kind!r} but {concept!r} is a {actual}")
+            request = Request(concept, actual)
+            if request in requests:
+                raise RequestError(f"duplicate request: {concept!r} appears more than once in the stream")
+            requests.append(request)
+        return requests

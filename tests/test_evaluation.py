@@ -1,0 +1,40 @@
+import math
+
+import torch
+
+from lightning_unlearn.evaluation import UnlearningScores, score
+from lightning_unlearn.requests import ConceptVocabulary, Request
+
+VOCAB = ConceptVocabulary(styles=["A", "B", "C"], objects=["x", "y"])
+
+
+def _counts(style_ok, object_ok):
+    """One image per (style, object) cell; hits given as 3x2 0/1 lists."""
+    metric = UnlearningScores(3, 2)
+    s = torch.tensor([0, 0, 1, 1, 2, 2])
+    o = torch.tensor([0, 1, 0, 1, 0, 1])
+    sp = torch.where(torch.tensor(style_ok).flatten().bool(), s, (s + 1) % 3)
+    op = torch.where(torch.tensor(object_ok).flatten().bool(), o, 1 - o)
+    metric.update(sp, op, s, o)
+    return metric.compute()
+
+
+def test_ua_ira_cra_on_hand_made_counts():
+    counts = _counts([[0, 1], [1, 1], [1, 0]], [[1, 1], [1, 0], [0, 1]])
+    m = score(counts, VOCAB, [Request("A", "style")], {"style"})
+    assert m["UA"] == 50.0  # A's images: one of two still classified as A
+    assert m["UA_latest"] == 50.0
+    assert m["IRA"] == 75.0  # B and C rows: 3 of 4 style hits
+    assert m["CRA"] == 50.0  # B and C rows: 2 of 4 object hits
+    m2 = score(counts, VOCAB, [Request("A", "style"), Request("C", "style")], {"style"})
+    assert m2["UA"] == 50.0 and m2["UA_latest"] == 50.0
+    assert m2["IRA"] == 100.0 and m2["CRA"] == 50.0
+    assert m2["per_style"] == {"A": 50.0, "B": 100.0, "C": 50.0}
+
+
+def test_base_row_and_object_stream():
+    counts = _counts([[1, 1], [1, 1], [1, 1]], [[1, 0], [1, 0], [1, 0]])
+    base = score(counts, VOCAB, [], {"object"})
+    assert math.isnan(base["UA"]) and base["IRA"] == 50.0 and base["CRA"] == 100.0
+    m = score(counts, VOCAB, [Request("y", "object")], {"object"})
+    assert m["UA"] == 100.0 and m["IRA"] == 100.0 and m["CRA"] == 100.0
