@@ -187,14 +187,16 @@ class DiffusersBackbone(Backbone):
         cfg = self.unet.config
         return (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
 
-    def to(self, *args, **kwargs):  # type: ignore[override]
-        out = super().to(*args, **kwargs)
+    def _follow_unet(self) -> None:
+        # The frozen VAE and text encoder sit outside the module tree (so Lightning never
+        # casts or checkpoints them); they follow the UNet's device when first needed there.
         device = self.device
-        self.vae.to(device)
-        self.text_encoder.to(device)
-        return out
+        if self.vae.device != device:
+            self.vae.to(device)
+            self.text_encoder.to(device)
 
     def _encode_uncached(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self._follow_unet()
         tokens = self.tokenizer(
             captions,
             padding="max_length",
@@ -206,10 +208,12 @@ class DiffusersBackbone(Backbone):
         return states.float(), None
 
     def images_to_latents(self, images: torch.Tensor) -> torch.Tensor:
+        self._follow_unet()
         vae_dtype = next(self.vae.parameters()).dtype
         dist = self.vae.encode(images.to(vae_dtype)).latent_dist
         return (dist.mean * self.scaling_factor).float()
 
     def latents_to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        self._follow_unet()
         vae_dtype = next(self.vae.parameters()).dtype
         return self.vae.decode((latents / self.scaling_factor).to(vae_dtype)).sample.float().clamp(-1, 1)

@@ -24,6 +24,10 @@ def _quiet() -> None:
     # jsonargparse >= 4.49 warns about its own deprecations under LightningCLI: noise to users.
     warnings.filterwarnings("ignore", module="jsonargparse")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # We pass the subcommand's args explicitly but keep sys.argv intact: Lightning's DDP
+    # launcher re-runs the script from sys.argv in every process.
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
 
 

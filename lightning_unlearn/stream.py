@@ -119,7 +119,9 @@ class StreamRunner:
 
     def evaluate(self, evaluator: Evaluator, erased: list[Request], out_dir: Path, step: int) -> tuple[dict, float]:
         started = time.perf_counter()
-        images = evaluator.sample(self.module.unet)
+        # Sample under the trainer's precision (autocast for bf16-mixed), as training runs.
+        with self.trainer.precision_plugin.forward_context():
+            images = evaluator.sample(self.module.unet)
         metrics = score(evaluator.counts(images), self.data.vocabulary, erased, self.domains)
         seconds = time.perf_counter() - started
         grid = evaluator.grid(images)
@@ -138,6 +140,10 @@ class StreamRunner:
     def run(self) -> list[dict[str, Any]]:
         """Serve every request not yet complete; returns the results table."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.module.run_dir = self.run_dir
+        # Work outside fit (base evaluation, x_t banks) runs where training will run.
+        self.module.to(self.trainer.strategy.root_device)
+        self.module.vocabulary = self.data.vocabulary
         ledger = self.load_ledger()
         rows = self.results()
         completed = len(ledger["completed"])
@@ -152,6 +158,9 @@ class StreamRunner:
             self.module.load_trainable_state(load_weights(weights), source=weights)
             rank_zero_info(f"resuming {self.run_dir} after request {completed}: {last['concept']}")
 
+        # Request callbacks read the vocabulary and the served requests from trainer.datamodule in
+        # on_request_start, which for the first request comes before trainer.fit attaches it.
+        self.trainer.datamodule = self.data
         evaluator = self.build_evaluator() if self.trainer.is_global_zero else None
         if "base" not in ledger and evaluator is not None:
             metrics, seconds = self.evaluate(evaluator, [], self.request_dir(0, None), step=0)
@@ -166,7 +175,8 @@ class StreamRunner:
             seed_everything(self.module.hparams.seed + index, workers=True, verbose=False)
             self.data.set_position(index)
             started = time.perf_counter()
-            self.module.begin_request(index, request, self.data.erase_captions(request))
+            with self.trainer.precision_plugin.forward_context():
+                self.module.begin_request(index, request, self.data.erase_captions(request))
             for callback in request_callbacks(self.trainer):
                 callback.on_request_start(self.trainer, self.module)
             steps_before = self.trainer.global_step

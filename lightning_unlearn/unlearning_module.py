@@ -16,7 +16,7 @@ from lightning.pytorch.cli import OptimizerCallable
 
 from lightning_unlearn.backbone import Backbone, DiffusersBackbone, TinyWorldBackbone
 from lightning_unlearn.methods import ESD, UnlearningMethod
-from lightning_unlearn.requests import Request
+from lightning_unlearn.requests import ConceptVocabulary, Request
 from lightning_unlearn.trainable import apply_trainable
 
 
@@ -61,6 +61,14 @@ class UnlearningModule(LightningModule):
         self.current_request: Request | None = None
         self.request_index = -1
         self.request_captions: list[str] = []
+        self.run_dir: Path | None = None
+        """The stream's run folder (set by the runner); methods may cache per-run data under it."""
+        self.vocabulary: ConceptVocabulary | None = None
+        """The stream's concept vocabulary (set by the runner); methods that build captions over
+        the other kind's concepts (Concept Ablation) read it. ``None`` outside a stream."""
+        # The pretrained values of the trainable keys: the "base" that anchors, merging and
+        # drift compare against, whatever the stream has done since.
+        self.__dict__["_base_state"] = {k: v.detach().clone().cpu() for k, v in self.trainable_state().items()}
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -76,6 +84,10 @@ class UnlearningModule(LightningModule):
     def request_seed(self) -> int:
         """Seed of the current request's randomness."""
         return self.hparams.seed * 10_007 + self.request_index
+
+    def base_state(self) -> dict[str, torch.Tensor]:
+        """Pretrained values of the trainable keys (CPU tensors, never trained)."""
+        return self.__dict__["_base_state"]
 
     def begin_request(self, index: int, request: Request, captions: list[str]) -> None:
         """Start serving ``request`` (the ``index``-th): freeze the reference, prepare the method."""

@@ -1,6 +1,7 @@
 """End to end through the CLI: a short stream on the tiny world, its output tree, and resume."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ def run_stream(run_dir: Path, *extra: str) -> None:
           "--data.requests=[Van Gogh, Cartoon]", f"--stream.run_dir={run_dir}", *FAST, *extra])
 
 
-def test_two_requests_write_the_run_folder_and_resume_does_nothing(tmp_path, capsys):
+def test_two_requests_write_the_run_folder_and_resume_does_nothing(tmp_path, caplog):
     run = tmp_path / "run"
     run_stream(run)
     for name in ("00-base", "01-van-gogh", "02-cartoon"):
@@ -42,9 +43,10 @@ def test_two_requests_write_the_run_folder_and_resume_does_nothing(tmp_path, cap
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert not list(run.rglob("*.tmp"))
 
-    capsys.readouterr()
-    run_stream(run)
-    assert "already complete" in capsys.readouterr().err + capsys.readouterr().out or True
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_stream(run)
+    assert "all 2 requests are already complete" in caplog.text
     assert json.loads((run / "results.json").read_text()) == rows
 
 

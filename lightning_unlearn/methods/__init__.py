@@ -1,6 +1,7 @@
 """Unlearning methods: each is a loss plus the per-request data it needs prepared."""
 
 from lightning_unlearn.methods.base import UnlearningMethod
+from lightning_unlearn.methods.concept_ablation import ConceptAblation
 from lightning_unlearn.methods.esd import ESD
 
-__all__ = ["ESD", "UnlearningMethod"]
+__all__ = ["ESD", "ConceptAblation", "UnlearningMethod"]

@@ -181,6 +181,7 @@ class TinyUNetPretraining(LightningModule):
                 "data_seed": self.trainer.datamodule.seed,
                 "batch_size": self.trainer.datamodule.batch_size,
                 "steps": self.global_step,
+                "schedule_max_steps": self.trainer.max_steps,
                 "train_minutes_this_session": round((time.time() - self._started) / 60, 1),
                 "sample_accuracy": {
                     **self.last_eval,

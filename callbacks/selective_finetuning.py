@@ -1,0 +1,180 @@
+"""Selective fine-tuning (SelFT): each request trains only its top-k most important weights.
+
+At the start of a request, importance = |theta * g|, g = the gradient of the method's own
+loss on the request's captions, summed over ``importance_batches`` batches with fixed seeds
+(for ESD the draws cover the frozen trajectory's timesteps), on the weights the request
+starts from. The global top-k fraction of trainable elements is kept; every other element is
+frozen for the request:
+
+- a tensor with no selected element gets ``requires_grad=False`` before the optimizer is
+  built, so the optimizer never sees it (no weight decay, no state);
+- in a partially selected tensor the unselected gradient entries are zeroed before each
+  optimizer step, and after each step the unselected values are written back, because AdamW's
+  decoupled weight decay (and any momentum from other regularizers' gradients) would
+  otherwise still move them. They stay bit-identical for the whole request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+from callbacks.base import RequestCallback
+from lightning_unlearn.topk import count_for_fraction, global_topk_masks
+
+IMPORTANCE_SEED_OFFSET = 7_777_777
+"""Keeps the importance batches' seeds apart from the training samples' seeds."""
+
+
+class SelectiveFineTuning(RequestCallback):
+    """Freeze all but the global top-k fraction of trainable elements, per request."""
+
+    def __init__(self, top_k: float = 0.05, importance_batches: int = 8, name: str | None = None) -> None:
+        """
+        Args:
+            top_k: fraction of trainable elements a request may change (reference 0.01-0.40).
+            importance_batches: batches of the request's captions the importance gradient is
+                accumulated over (batch size = the datamodule's).
+            name: distinguishes two instances of this class in checkpoints and logs.
+        """
+        super().__init__(name=name)
+        if not 0.0 < top_k <= 1.0:
+            raise ValueError(f"top_k must lie in (0, 1], got {top_k}")
+        if importance_batches < 1:
+            raise ValueError(f"importance_batches must be at least 1, got {importance_batches}")
+        self.top_k = float(top_k)
+        self.importance_batches = int(importance_batches)
+        self.masks: dict[str, torch.Tensor] = {}
+        """Per trainable key: bool mask of the elements this request may change."""
+        self.selected = 0
+        self.total = 0
+        # The hot path: partially selected parameters, their masks and their frozen values.
+        self._partial: list[torch.nn.Parameter] = []
+        self._partial_masks: list[torch.Tensor] = []
+        self._frozen_values: list[torch.Tensor] = []
+
+    @property
+    def state_key(self) -> str:
+        if self.name:
+            return super().state_key
+        return self._generate_state_key(top_k=self.top_k, importance_batches=self.importance_batches)
+
+    @property
+    def log_prefix(self) -> str:
+        return self.name or f"selft_{self.top_k:g}"
+
+    # -- importance ----------------------------------------------------------------------------
+    def importance(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, torch.Tensor]:
+        """|theta * g| per trainable key, g summed over the importance batches (and ranks)."""
+        params = dict(pl_module.unet.named_parameters())
+        keys = [k for k in pl_module.trainable_keys if params[k].requires_grad]
+        tensors = [params[k] for k in keys]
+        grads = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
+        captions = list(pl_module.request_captions)
+        if not captions:
+            raise ValueError("SelectiveFineTuning needs the request's captions: call module.begin_request first")
+        datamodule = getattr(trainer, "datamodule", None)
+        batch_size = int(getattr(datamodule, "batch_size", 0) or len(captions))
+        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
+        base_seed = IMPORTANCE_SEED_OFFSET + pl_module.request_seed * 1_000_003
+        for i in range(self.importance_batches):
+            if i % world != rank:  # ranks share the batches; the all-reduce below sums them
+                continue
+            start = i * batch_size
+            batch = {
+                "caption": [captions[(start + j) % len(captions)] for j in range(batch_size)],
+                "seed": torch.arange(base_seed + start, base_seed + start + batch_size),
+            }
+            loss = pl_module.method.loss(pl_module, batch)
+            # autograd.grad leaves every p.grad untouched (and DDP's gradient hooks unfired).
+            step_grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+            for acc, g in zip(grads, step_grads):
+                if g is not None:
+                    acc.add_(g.float())
+        if world > 1:
+            # Every rank must freeze the same elements; summing also makes the result independent
+            # of how the batches were split.
+            for g in grads:
+                dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        with torch.no_grad():
+            return {k: (p.detach().float() * g).abs_() for k, p, g in zip(keys, tensors, grads)}
+
+    # -- per request ---------------------------------------------------------------------------
+    def on_request_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        scores = self.importance(trainer, pl_module)
+        keys = list(scores)
+        self.total = sum(s.numel() for s in scores.values())
+        self.selected = count_for_fraction(self.top_k, self.total)
+        masks = global_topk_masks([scores[k] for k in keys], self.selected)
+        self.masks = {k: m.cpu() for k, m in zip(keys, masks)}
+        self._apply(pl_module)
+        frozen = sum(1 for m in self.masks.values() if not m.any())
+        rank_zero_info(
+            f"{self.log_prefix}: {self.selected} of {self.total} trainable elements selected; "
+            f"{frozen} of {len(keys)} tensors frozen whole, {len(self._partial)} partially"
+        )
+
+    def _apply(self, pl_module: LightningModule) -> None:
+        """Freeze unselected whole tensors; remember the partially selected ones."""
+        params = dict(pl_module.unet.named_parameters())
+        self._partial, self._partial_masks, self._frozen_values = [], [], []
+        for key, mask in self.masks.items():
+            p = params[key]
+            if not mask.any():
+                p.requires_grad_(False)
+            elif not mask.all():
+                self._partial.append(p)
+                self._partial_masks.append(mask)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Inside fit the parameters sit on their device; the masks and frozen values follow them.
+        # The unselected entries have the request-start values here (they are restored after
+        # every step), also when resuming mid-request.
+        self._partial_masks = [m.to(p.device) for p, m in zip(self._partial, self._partial_masks)]
+        self._frozen_values = [p.detach()[~m].clone() for p, m in zip(self._partial, self._partial_masks)]
+
+    # -- per optimizer step --------------------------------------------------------------------
+    @torch.no_grad()
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        grads = [p.grad for p in self._partial if p.grad is not None]
+        masks = [m for p, m in zip(self._partial, self._partial_masks) if p.grad is not None]
+        if grads:
+            # Unselected entries get no gradient, so Adam's moments for them stay zero.
+            torch._foreach_mul_(grads, masks)
+        if self._partial or self.masks:
+            pl_module.log(f"{self.log_prefix}/selected_fraction", self.selected / max(1, self.total),
+                          on_step=True, on_epoch=False)
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        for p, m, values in zip(self._partial, self._partial_masks, self._frozen_values):
+            # Weight decay moved them anyway; write back the exact request-start values.
+            p.masked_scatter_(~m, values)
+
+    def on_request_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        params = dict(pl_module.unet.named_parameters())
+        for key in pl_module.trainable_keys:
+            params[key].requires_grad_(True)
+        self._partial, self._partial_masks, self._frozen_values = [], [], []
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "selected": self.selected, "total": self.total,
+                "masks": {k: m.cpu() for k, m in self.masks.items()}}
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning restores callback state after ``setup`` and before it builds the optimizer:
+        # remembering the module here lets a restored selection freeze tensors in time.
+        self._module = pl_module
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.selected, self.total = int(state_dict["selected"]), int(state_dict["total"])
+        self.masks = dict(state_dict["masks"])
+        module = getattr(self, "_module", None)
+        if module is not None and self.masks:
+            self._apply(module)

@@ -1,0 +1,82 @@
+"""Fixtures for the regularizer callbacks: one tiny-world module, reset to the base per test,
+and a ``serve`` helper that trains requests the way the stream runner does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+
+from callbacks.base import request_callbacks
+from datamodules.concept_stream import ConceptStreamDataModule
+from lightning_unlearn.methods import ESD
+from lightning_unlearn.trainable import apply_trainable
+from lightning_unlearn.unlearning_module import UnlearningModule
+
+
+@pytest.fixture(scope="session")
+def _shared_module() -> tuple[UnlearningModule, dict[str, torch.Tensor]]:
+    # Loading the UNet and the text encoder dominates a short test: do it once per session.
+    module = UnlearningModule(method=ESD(ddim_steps=3, bank_trajectories=2, bank_batch=2), trainable="esd-x", lr=1e-3)
+    return module, {k: v.detach().clone() for k, v in module.unet.state_dict().items()}
+
+
+@pytest.fixture
+def module(_shared_module) -> UnlearningModule:
+    """The tiny-world module with base weights, esd-x trainable, AdamW(lr=1e-3, wd=0)."""
+    m, pristine = _shared_module
+    m.unet.load_state_dict(pristine)
+    m.trainable = "esd-x"
+    m.trainable_keys = apply_trainable(m.unet, "esd-x")
+    m.optimizer_factory = None
+    m.hparams.lr = 1e-3
+    m.request_index, m.current_request, m.request_captions = -1, None, []
+    m.unet.zero_grad(set_to_none=True)
+    return m
+
+
+@pytest.fixture
+def make_data() -> Callable[..., ConceptStreamDataModule]:
+    """``make_data(requests, steps=3, batch_size=2)``: a short stream of the tiny world."""
+
+    def make(requests: list[str], steps: int = 3, batch_size: int = 2) -> ConceptStreamDataModule:
+        return ConceptStreamDataModule(requests=requests, batch_size=batch_size, steps_per_request=steps)
+
+    return make
+
+
+Serve = Callable[..., Trainer]
+
+
+@pytest.fixture
+def serve() -> Serve:
+    """``serve(module, data, callbacks, trainable=None)``: train every request of ``data`` in turn
+    on one Trainer (as ``StreamRunner`` does, without evaluation); returns the trainer."""
+
+    def run(module: UnlearningModule, data: ConceptStreamDataModule, callbacks: list[Callback],
+            trainable: str | None = None, stop_after: int | None = None) -> Trainer:
+        if trainable is not None:
+            module.trainable = trainable
+        trainer = Trainer(
+            max_steps=data.steps_per_request, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0, limit_val_batches=0,
+            callbacks=callbacks,
+        )
+        trainer.datamodule = data
+        last = len(data.requests) if stop_after is None else stop_after
+        for index in range(last):
+            seed_everything(index, verbose=False)
+            data.set_position(index)
+            request = data.requests[index]
+            module.begin_request(index, request, data.erase_captions(request))
+            for callback in request_callbacks(trainer):
+                callback.on_request_start(trainer, module)
+            trainer.fit_loop.epoch_loop.max_steps = trainer.global_step + data.steps_per_request
+            trainer.fit(module, datamodule=data)
+            for callback in request_callbacks(trainer):
+                callback.on_request_end(trainer, module)
+        return trainer
+
+    return run

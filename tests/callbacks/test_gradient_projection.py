@@ -1,0 +1,111 @@
+"""Gradient projection: which directions are protected, and that W v stays put for each of them."""
+
+from types import SimpleNamespace
+
+import torch
+
+from callbacks.gradient_projection import GradientProjection, drop_near_duplicates, ridge_factors
+from lightning_unlearn.concept_embeddings import concept_embeddings
+from lightning_unlearn.requests import ConceptVocabulary, Request
+
+
+def kv_weights(module) -> dict[str, torch.Tensor]:
+    return {k: p for k, p in module.unet.named_parameters() if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))}
+
+
+def embed(module, names: list[str]) -> torch.Tensor:
+    vocab = ConceptVocabulary()
+    return concept_embeddings(module.backbone, vocab, [(n, vocab.kind_of(n)) for n in names]).float()
+
+
+def test_ridge_projector_annihilates_the_protected_columns():
+    torch.manual_seed(0)
+    c = torch.randn(16, 3) * 5
+    basis, solve = ridge_factors(c)
+    p = torch.eye(16) - basis @ solve
+    gram = c.double().T @ c.double()
+    lam = max(1e-4, 1e-6 * float(torch.trace(gram)) / 3)
+    expected = torch.eye(16, dtype=torch.float64) - c.double() @ torch.linalg.inv(gram + lam * torch.eye(3, dtype=torch.float64)) @ c.double().T
+    torch.testing.assert_close(p.double(), expected, atol=1e-5, rtol=0)
+    assert float((p @ c).norm() / c.norm()) < 1e-5
+    v = torch.randn(16)
+    v -= c @ torch.linalg.lstsq(c, v).solution  # orthogonal to span(C): left alone
+    torch.testing.assert_close(p @ v, v, atol=1e-5, rtol=0)
+
+
+def test_near_duplicate_directions_are_dropped_in_order():
+    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    vectors = torch.stack([a, a * 3 + 0.01 * b, b, (a + b)])
+    assert drop_near_duplicates(vectors) == [0, 2, 3]
+
+
+def test_protected_set_by_threshold_top_n_vocabulary_and_earlier_requests(module, make_data):
+    data = make_data(["Van Gogh", "Picasso"])
+    data.set_position(1)  # serving Picasso; Van Gogh was unlearned
+    module.begin_request(1, data.requests[1], data.erase_captions(data.requests[1]))
+    trainer = SimpleNamespace(datamodule=data)
+    names = [*data.vocabulary.styles, *data.vocabulary.objects]
+    sims = torch.nn.functional.cosine_similarity(embed(module, names), embed(module, ["Picasso"]))
+    # 0.32 sits clear of every similarity to Picasso, so rounding cannot flip a concept.
+    similar = {n for n, s in zip(names, sims.tolist()) if s >= 0.32 and n != "Picasso"}
+    assert len(similar) >= 2
+
+    by_threshold = GradientProjection(similarity_threshold=0.32)
+    concepts, vectors = by_threshold.protected_concepts(trainer, module)
+    assert concepts[0] == ("Van Gogh", "style")  # earlier erasures come first
+    assert {c for c, _ in concepts} == similar | {"Van Gogh"} and "Picasso" not in dict(concepts)
+    assert vectors.shape == (len(concepts), 384)
+
+    top1 = GradientProjection(similarity_threshold=None, top_n=1, protect_unlearned=False)
+    best = names[int(torch.where(torch.tensor([n != "Picasso" for n in names]), sims, -2.0).argmax())]
+    assert [c for c, _ in top1.protected_concepts(trainer, module)[0]] == [best]
+
+    listed = GradientProjection(similarity_threshold=-1.0, vocabulary=["circle", "Picasso", "Monet"], protect_unlearned=False)
+    assert sorted(c for c, _ in listed.protected_concepts(trainer, module)[0]) == ["Monet", "circle"]
+
+    nothing = GradientProjection(similarity_threshold=None, protect_unlearned=False)
+    nothing.on_request_start(trainer, module)
+    assert nothing.protected == [] and nothing.projector() is None
+
+
+def test_gradient_mode_makes_the_gradient_orthogonal_to_every_protected_direction(module):
+    module.begin_request(0, Request("Van Gogh", "style"), ["a painting in Van Gogh style"])
+    projection = GradientProjection(mode="gradient", similarity_threshold=0.3)
+    projection.on_request_start(SimpleNamespace(datamodule=None), module)
+    projection.on_train_start(None, module)
+    assert projection.protected and len(projection._params) == 14
+    protected = embed(module, projection.protected)
+
+    loss = module.method.loss(module, {"caption": ["a painting in Van Gogh style"] * 2, "seed": torch.tensor([3, 4])})
+    loss.backward()
+    weights = kv_weights(module)
+    before = {k: p.grad.clone() for k, p in weights.items()}
+    projection.on_after_backward(None, module)
+    p_matrix = projection.projector()
+    for k, w in weights.items():
+        g0, g = before[k], w.grad
+        assert float((g0 @ protected.T).norm()) > 0
+        assert float((g @ protected.T).norm()) < 1e-4 * float(g0.norm() * protected.norm(dim=1).max())
+        torch.testing.assert_close(g, g0 @ p_matrix, atol=1e-5 * float(g0.abs().max()), rtol=1e-4)
+    module.unet.zero_grad(set_to_none=True)
+
+
+def test_update_mode_keeps_w_v_for_every_protected_v_through_a_whole_request(module, serve, make_data):
+    # Adam rescales the gradient per element and weight decay moves every weight: a projected
+    # gradient would not survive either; the projected update does.
+    module.optimizer_factory = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.5)
+    start = {k: w.detach().clone() for k, w in kv_weights(module).items()}
+    projection = GradientProjection(mode="update", similarity_threshold=0.3)
+    trainer = serve(module, make_data(["Van Gogh"], steps=3), [projection])
+    assert projection.protected == ["Impressionism", "Picasso"]
+    protected = embed(module, projection.protected)
+    target = embed(module, ["Van Gogh"])
+    for k, w in kv_weights(module).items():
+        change = w.detach() - start[k]
+        assert float(change.norm()) > 1e-3, k  # W did change
+        scale = float(change.norm() * protected.norm(dim=1).max())
+        assert float((change @ protected.T).norm()) < 1e-4 * scale, k
+        assert float((change @ target.T).norm()) > 1e-2 * float(change.norm() * target.norm()), k
+    assert float(trainer.callback_metrics[f"{projection.log_prefix}/protected_directions"]) == 2.0
+    state = projection.state_dict()
+    assert state["basis"].shape == (384, 2) and state["solve"].shape == (2, 384) and state["protected"] == projection.protected

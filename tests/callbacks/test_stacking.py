@@ -1,0 +1,58 @@
+"""Regularizers stack from the command line, and two instances of one class keep apart."""
+
+import json
+
+import pytest
+from lightning.pytorch import Trainer
+
+from callbacks.anchor import AnchorRegularizer
+from callbacks.base import RequestCallback
+from callbacks.gradient_projection import GradientProjection
+from callbacks.selective_finetuning import SelectiveFineTuning
+from lightning_unlearn.cli import main
+from lightning_unlearn.stream import StreamRunner
+
+FAST = [
+    "--data.steps_per_request=3", "--data.batch_size=2",
+    "--model.method.init_args.ddim_steps=3", "--model.method.init_args.bank_trajectories=2",
+    "--stream.evaluation.steps=2", "--trainer.enable_model_summary=false",
+]
+
+
+def test_projection_topk_and_two_anchors_from_yaml_files_run_one_stream(tmp_path, monkeypatch):
+    seen = {}
+    original = StreamRunner.run
+
+    def spy(self):
+        seen["trainer"] = self.trainer
+        return original(self)
+
+    monkeypatch.setattr(StreamRunner, "run", spy)
+    run = tmp_path / "run"
+    main([
+        "unlearn", "--config", "configs/tinyworld/esd_styles_sequential_projection_topk.yaml",
+        # edits the last callback so far: the study config's SelectiveFineTuning
+        "--trainer.callbacks.init_args.importance_batches=1",
+        "--trainer.callbacks+=configs/callbacks/l2.yaml",
+        "--trainer.callbacks+=configs/callbacks/l1.yaml",
+        "--data.requests=[Van Gogh]", f"--stream.run_dir={run}", *FAST,
+    ])
+    trainer = seen["trainer"]
+    stack = [cb for cb in trainer.callbacks if isinstance(cb, RequestCallback)]
+    assert [type(cb) for cb in stack] == [GradientProjection, SelectiveFineTuning, AnchorRegularizer, AnchorRegularizer]
+    assert stack[1].importance_batches == 1 and [cb.kind for cb in stack[2:]] == ["l2", "l1"]
+    assert len({cb.state_key for cb in stack}) == 4  # the l1 and l2 anchors do not collide
+    metrics = trainer.callback_metrics
+    assert float(metrics[stack[2].log_key]) > 0 and float(metrics[stack[3].log_key]) > 0
+    assert f"{stack[1].log_prefix}/selected_fraction" in metrics
+    assert stack[0].protected == ["Impressionism", "Picasso"]
+    rows = json.loads((run / "results.json").read_text())
+    assert [r["concept"] for r in rows] == ["base", "Van Gogh"] and rows[1]["train_steps"] == 3
+
+
+def test_two_identical_instances_need_names():
+    with pytest.raises(RuntimeError, match="state_key"):
+        Trainer(callbacks=[SelectiveFineTuning(), SelectiveFineTuning()], logger=False)
+    named = [SelectiveFineTuning(name="topk_a"), SelectiveFineTuning(name="topk_b")]
+    Trainer(callbacks=named, logger=False, enable_checkpointing=False)
+    assert named[0].state_key != named[1].state_key and named[0].log_prefix == "topk_a"

@@ -1,0 +1,176 @@
+"""Concept Ablation: the loss, its caption pairs, the anchor cache, and a short CLI stream."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import lightning_unlearn.methods.concept_ablation as ca
+from lightning_unlearn.cli import main
+from lightning_unlearn.methods import ConceptAblation
+from lightning_unlearn.requests import ConceptVocabulary, Request
+from lightning_unlearn.sampling import TextCondition, predict_noise
+from lightning_unlearn.unlearning_module import UnlearningModule
+
+TINY = dict(images_per_anchor=4, ddim_steps=2, sample_batch=4)
+
+
+def test_loss_on_known_tensors_trains_only_the_target_branch():
+    eps_target = torch.tensor([1.0, 2.0, 0.0, -1.0], requires_grad=True)
+    eps_anchor = torch.tensor([0.0, 4.0, 0.0, 1.0], requires_grad=True)
+    loss = ca.concept_ablation_loss(eps_target, eps_anchor)
+    assert loss.item() == pytest.approx((1 + 4 + 0 + 4) / 4)
+    loss.backward()
+    # d/d eps_target of mean (a - b)^2 is 2 (a - b) / n; the anchor is a stop-gradient target.
+    assert torch.equal(eps_target.grad, torch.tensor([0.5, -1.0, 0.0, -1.0]))
+    assert eps_anchor.grad is None
+
+
+def test_caption_pairs_for_a_style_and_an_object():
+    vocab = ConceptVocabulary()
+    anchors, targets = ca.caption_pairs(Request("Van Gogh", "style"), vocab, ca.DEFAULT_OBJECT_ANCHORS)
+    assert len(anchors) == len(targets) == len(vocab.objects)
+    assert (anchors[3], targets[3]) == ("a star", "a star in Van Gogh style")
+
+    anchors, targets = ca.caption_pairs(Request("star", "object"), vocab, {"star": "diamond"})
+    assert len(anchors) == len(vocab.styles) + 1
+    assert (anchors[0], targets[0]) == ("a diamond", "a star")
+    assert ("a diamond in Monet style", "a star in Monet style") in zip(anchors, targets)
+    assert all(a.replace("diamond", "star") == t for a, t in zip(anchors, targets))
+
+    # A style may be mapped onto another style instead of the plain caption.
+    anchors, targets = ca.caption_pairs(Request("Van Gogh", "style"), vocab, {"Van Gogh": "Monet"})
+    assert (anchors[0], targets[0]) == ("a circle in Monet style", "a circle in Van Gogh style")
+
+
+def test_every_tiny_world_object_has_a_different_known_anchor():
+    vocab = ConceptVocabulary()
+    assert set(ca.DEFAULT_OBJECT_ANCHORS) == set(vocab.objects)
+    for target, anchor in ca.DEFAULT_OBJECT_ANCHORS.items():
+        assert anchor in vocab.objects and anchor != target
+    with pytest.raises(ValueError, match="no anchor for the object 'horse'"):
+        ca.anchor_concept(Request("horse", "object"), ca.DEFAULT_OBJECT_ANCHORS)
+
+
+@pytest.fixture(scope="module")
+def module(tmp_path_factory):
+    torch.manual_seed(0)
+    m = UnlearningModule(method=ConceptAblation(**TINY), trainable="kv-xattn")
+    m.run_dir = tmp_path_factory.mktemp("run")
+    m.begin_request(0, Request("Van Gogh", "style"), ["a painting in Van Gogh style"])
+    return m
+
+
+def test_loss_is_the_mse_of_the_two_branches_with_gradient_through_the_target_only(module):
+    method: ConceptAblation = module.method
+    seeds = torch.tensor([11, 12])
+    loss = method.loss(module, {"caption": ["unused"] * 2, "seed": seeds})
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.unet.named_parameters() if p.grad is not None}
+    assert set(grads) == set(module.trainable_keys)  # kv-xattn only
+    module.unet.zero_grad(set_to_none=True)
+
+    # The same draws by hand: anchor image, timestep and noise from a generator seeded by seeds[0].
+    gen = torch.Generator().manual_seed(11)
+    pick = torch.randint(0, 4, (2,), generator=gen)
+    t = torch.randint(0, 1000, (2,), generator=gen)
+    noise = torch.randn((2, *module.backbone.latent_shape), generator=gen)
+    x_t = module.backbone.training_scheduler().add_noise(method.latents[pick], noise, t)
+    pairs = method.caption_index[pick].tolist()
+    target = TextCondition.from_captions(module.backbone, [method.target_captions[i] for i in pairs])
+    anchor = TextCondition.from_captions(module.backbone, [method.anchor_captions[i] for i in pairs])
+    assert all(method.target_captions[i] == method.anchor_captions[i] + " in Van Gogh style" for i in pairs)
+
+    def branches():
+        return predict_noise(module.unet, x_t, t, target), predict_noise(module.unet, x_t, t, anchor)
+
+    eps_t, eps_a = branches()
+    manual = F.mse_loss(eps_t, eps_a.detach())
+    torch.testing.assert_close(loss, manual)
+    manual.backward()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, module.unet.get_parameter(name).grad)
+    module.unet.zero_grad(set_to_none=True)
+    # Letting gradient through the anchor branch too would give a different update.
+    eps_t, eps_a = branches()
+    F.mse_loss(eps_t, eps_a).backward()
+    assert any(not torch.allclose(g, module.unet.get_parameter(n).grad) for n, g in grads.items())
+    module.unet.zero_grad(set_to_none=True)
+
+
+def test_anchor_cache_is_reused_not_rebuilt(module, monkeypatch):
+    first: ConceptAblation = module.method
+    assert first.anchor_source == "generated"
+    files = list((module.run_dir / "anchors").glob("plain-*.safetensors"))
+    assert len(files) == 1 and not list((module.run_dir / "anchors").glob("*.tmp"))
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("anchor images were sampled again instead of read from the cache")
+
+    monkeypatch.setattr(ca, "ddim_sample", no_sampling)
+    # Another style request shares the plain-caption anchor: served from memory.
+    module.begin_request(1, Request("Cartoon", "style"), ["a painting in Cartoon style"])
+    assert first.anchor_source == "memory"
+    # A fresh method (as in a later run on the same folder) reads the file, without sampling.
+    again = ConceptAblation(**TINY)
+    module.method = again
+    try:
+        module.begin_request(1, Request("Cartoon", "style"), ["a painting in Cartoon style"])
+        assert again.anchor_source == "disk"
+        torch.testing.assert_close(again.latents, first.latents, rtol=0, atol=0)
+        assert again.target_captions[0] == "a circle in Cartoon style"
+    finally:
+        module.method = first
+
+
+def test_anchors_come_from_the_base_and_a_changed_base_changes_the_key(module, tmp_path):
+    captions = module.method.anchor_captions
+    key = ConceptAblation(**TINY).cache_key(module, captions)
+    assert ConceptAblation(**TINY).cache_key(module, captions) == key
+    assert ConceptAblation(**{**TINY, "images_per_anchor": 5}).cache_key(module, captions) != key
+    assert ConceptAblation(**{**TINY, "guidance": 2.0}).cache_key(module, captions) != key
+
+    params = dict(module.unet.named_parameters())
+    name = module.trainable_keys[0]
+    saved_current, saved_base = params[name].detach().clone(), module.base_state()[name].clone()
+    try:
+        # Training moves the current weights, not the base: same key, same anchor images.
+        with torch.no_grad():
+            params[name].add_(1.0)
+        fresh = ConceptAblation(**TINY, cache_dir=str(tmp_path))
+        assert fresh.cache_key(module, captions) == key
+        latents, _ = fresh.anchor_images(module, captions)
+        assert fresh.anchor_source == "generated"
+        torch.testing.assert_close(latents, module.method.latents)
+        # Another base (different pretrained values) must never share the cache.
+        module.base_state()[name].add_(1e-3)
+        assert ConceptAblation(**TINY).cache_key(module, captions) != key
+    finally:
+        with torch.no_grad():
+            params[name].copy_(saved_current)
+        module.base_state()[name].copy_(saved_base)
+
+
+FAST = [
+    "--data.steps_per_request=2", "--data.batch_size=2",
+    "--model.method.init_args.images_per_anchor=4", "--model.method.init_args.ddim_steps=2",
+    "--stream.evaluation.steps=1", "--trainer.enable_model_summary=false",
+]
+
+
+def test_cli_stream_of_a_style_and_an_object_writes_the_run_and_anchor_cache(tmp_path):
+    run = tmp_path / "run"
+    main(["unlearn", "--config", "configs/tinyworld/ca_styles_sequential.yaml",
+          "--data.requests=[Van Gogh, star]", f"--stream.run_dir={run}", *FAST])
+    for name in ("00-base", "01-van-gogh", "02-star"):
+        assert (run / "requests" / name / "metrics.json").is_file()
+    weights = load_file(str(run / "requests" / "02-star" / "weights.safetensors"))
+    assert weights and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in weights)
+    rows = json.loads((run / "results.json").read_text())
+    assert [r["concept"] for r in rows] == ["base", "Van Gogh", "star"]
+    anchors = sorted(p.name.split("-")[0] for p in (run / "anchors").glob("*.safetensors"))
+    assert anchors == ["cross", "plain"]  # the style's plain captions, the star's default anchor
+    cached = load_file(str(next((run / "anchors").glob("cross-*.safetensors"))))
+    assert cached["latents"].shape[0] == 4 and cached["caption_index"].shape == (4,)
