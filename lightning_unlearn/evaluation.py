@@ -79,6 +79,27 @@ class ClipZeroShotClassifier(nn.Module):
         return scale * feats @ self.style_text.T, scale * feats @ self.object_text.T
 
 
+class VocabularySubset(nn.Module):
+    """A classifier restricted to the vocabulary's concepts, by name (columns of its logits).
+
+    Lets a stream on the tiny world use a subset of its styles and objects while scoring with
+    the classifier trained on all of them.
+    """
+
+    def __init__(self, classifier: nn.Module, all_styles: list[str], all_objects: list[str], vocabulary: ConceptVocabulary) -> None:
+        super().__init__()
+        unknown = [c for c in vocabulary.styles if c not in all_styles] + [c for c in vocabulary.objects if c not in all_objects]
+        if unknown:
+            raise ValueError(f"the classifier does not know the concepts {unknown}; it knows {all_styles} and {all_objects}")
+        self.classifier = classifier
+        self.register_buffer("style_cols", torch.tensor([all_styles.index(c) for c in vocabulary.styles]))
+        self.register_buffer("object_cols", torch.tensor([all_objects.index(c) for c in vocabulary.objects]))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        style_logits, object_logits = self.classifier(images)
+        return style_logits[:, self.style_cols], object_logits[:, self.object_cols]
+
+
 class UnlearningScores(Metric):
     """Per-(style, object) hit counts of both classifiers; UA / IRA / CRA derive from them.
 

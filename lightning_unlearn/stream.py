@@ -35,7 +35,7 @@ from callbacks.base import request_callbacks
 from datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.atomic_io import file_sha256, load_weights, save_weights, write_json, write_png, write_text
 from lightning_unlearn.backbone import TinyWorldBackbone
-from lightning_unlearn.evaluation import ClipZeroShotClassifier, EvaluationSettings, Evaluator, score
+from lightning_unlearn.evaluation import ClipZeroShotClassifier, EvaluationSettings, Evaluator, VocabularySubset, score
 from lightning_unlearn.requests import Request
 from lightning_unlearn.unlearning_module import UnlearningModule
 
@@ -108,8 +108,9 @@ class StreamRunner:
             classifier = ClipZeroShotClassifier(settings.classifier, vocabulary)
         elif isinstance(self.module.backbone, TinyWorldBackbone):
             from lightning_unlearn.tinyworld.classifier import TinyWorldClassifier
+            from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
 
-            classifier = TinyWorldClassifier.load()
+            classifier = VocabularySubset(TinyWorldClassifier.load(), list(STYLES), list(OBJECTS), vocabulary)
         else:
             raise ValueError(
                 "a real model needs a classifier to score its images: set "
@@ -175,6 +176,9 @@ class StreamRunner:
             seed_everything(self.module.hparams.seed + index, workers=True, verbose=False)
             self.data.set_position(index)
             started = time.perf_counter()
+            # Lightning's teardown moves the module to the CPU after every fit: bring it back
+            # before the reference copy and the method's per-request data are built.
+            self.module.to(self.trainer.strategy.root_device)
             with self.trainer.precision_plugin.forward_context():
                 self.module.begin_request(index, request, self.data.erase_captions(request))
             for callback in request_callbacks(self.trainer):
@@ -190,6 +194,7 @@ class StreamRunner:
             steps = self.trainer.global_step - steps_before
             train_seconds = time.perf_counter() - started
             if evaluator is not None:
+                self.module.to(self.trainer.strategy.root_device)
                 out = self.request_dir(index, request)
                 sha = save_weights(self.module.trainable_state(), out / "weights.safetensors")
                 write_json(

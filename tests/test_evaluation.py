@@ -38,3 +38,22 @@ def test_base_row_and_object_stream():
     assert math.isnan(base["UA"]) and base["IRA"] == 50.0 and base["CRA"] == 100.0
     m = score(counts, VOCAB, [Request("y", "object")], {"object"})
     assert m["UA"] == 100.0 and m["IRA"] == 100.0 and m["CRA"] == 100.0
+
+
+def test_vocabulary_subset_selects_classifier_columns_by_name():
+    import pytest
+    from torch import nn
+
+    from lightning_unlearn.evaluation import VocabularySubset
+
+    class Fixed(nn.Module):
+        def forward(self, images):
+            n = images.shape[0]
+            return torch.arange(4.0).expand(n, 4), torch.tensor([5.0, 0.0, 1.0]).expand(n, 3)
+
+    vocab = ConceptVocabulary(styles=["d", "b"], objects=["z", "x"])
+    sub = VocabularySubset(Fixed(), ["a", "b", "c", "d"], ["x", "y", "z"], vocab)
+    s, o = sub(torch.zeros(2, 3, 4, 4))
+    assert s[0].tolist() == [3.0, 1.0] and o[0].tolist() == [1.0, 5.0]
+    with pytest.raises(ValueError, match="does not know the concepts \\['q'\\]"):
+        VocabularySubset(Fixed(), ["a"], ["x"], ConceptVocabulary(styles=["q"], objects=["x"]))

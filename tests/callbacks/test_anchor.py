@@ -47,7 +47,7 @@ def test_added_gradient_is_the_mean_reduced_penalty_gradient(module, monkeypatch
 
 
 def test_l2_anchored_to_the_previous_checkpoint_lowers_drift(module, serve, make_data):
-    data = make_data(["Van Gogh"], steps=4)
+    data = make_data(["Van Gogh"], steps=3)
     start = {k: v.detach().clone() for k, v in module.unet.named_parameters()}
     serve(module, data, [])
     plain = drift(module, start)
