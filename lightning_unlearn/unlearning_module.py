@@ -44,7 +44,8 @@ class UnlearningModule(LightningModule):
             unet_weights: tiny world only: a UNet safetensors file other than the shipped one.
             trainable: weights a request may change: ``esd-x`` (cross-attention), ``kv-xattn``
                 (cross-attention keys and values), ``esd-u`` (all but cross-attention), ``full``.
-            optimizer: optimizer factory (``--model.optimizer=AdamW --model.optimizer.lr=...``);
+            optimizer: optimizer factory (``--model.optimizer=torch.optim.AdamW --model.optimizer.lr=...``;
+                bitsandbytes.optim.AdamW8bit works the same way);
                 unset = ``AdamW(lr=lr, weight_decay=0)``.
             lr: learning rate of the default optimizer.
             seed: seed of per-request randomness the method draws (banks, noise).
