@@ -150,12 +150,10 @@ class TinyUNetPretraining(LightningModule):
         }
         for k, v in self.last_eval.items():
             self.log(f"val/{k}", v, prog_bar=True)
-        if isinstance(self.logger, object) and hasattr(self.logger, "experiment"):
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_images"):  # TensorBoard; other loggers get the scalars only
             grid = ((images[:: len(OBJECTS) // 4] + 1) / 2).clamp(0, 1)
-            try:
-                self.logger.experiment.add_images("val/samples", grid, self.global_step)
-            except AttributeError:
-                pass
+            experiment.add_images("val/samples", grid, self.global_step)
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
