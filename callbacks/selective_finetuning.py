@@ -56,6 +56,7 @@ class SelectiveFineTuning(RequestCallback):
         self._partial: list[torch.nn.Parameter] = []
         self._partial_masks: list[torch.Tensor] = []
         self._frozen_values: list[torch.Tensor] = []
+        self._unselected: list[torch.Tensor] = []
 
     @property
     def state_key(self) -> str:
@@ -135,7 +136,9 @@ class SelectiveFineTuning(RequestCallback):
         # The unselected entries have the request-start values here (they are restored after
         # every step), also when resuming mid-request.
         self._partial_masks = [m.to(p.device) for p, m in zip(self._partial, self._partial_masks)]
-        self._frozen_values = [p.detach()[~m].clone() for p, m in zip(self._partial, self._partial_masks)]
+        # The unselected positions, inverted once here rather than on every optimizer step.
+        self._unselected = [~m for m in self._partial_masks]
+        self._frozen_values = [p.detach()[u].clone() for p, u in zip(self._partial, self._unselected)]
 
     # -- per optimizer step --------------------------------------------------------------------
     @torch.no_grad()
@@ -152,15 +155,15 @@ class SelectiveFineTuning(RequestCallback):
     @torch.no_grad()
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        for p, m, values in zip(self._partial, self._partial_masks, self._frozen_values):
+        for p, unselected, values in zip(self._partial, self._unselected, self._frozen_values):
             # Weight decay moved them anyway; write back the exact request-start values.
-            p.masked_scatter_(~m, values)
+            p.masked_scatter_(unselected, values)
 
     def on_request_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         params = dict(pl_module.unet.named_parameters())
         for key in pl_module.trainable_keys:
             params[key].requires_grad_(True)
-        self._partial, self._partial_masks, self._frozen_values = [], [], []
+        self._partial, self._partial_masks, self._frozen_values, self._unselected = [], [], [], []
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
