@@ -49,6 +49,7 @@ class AnchorRegularizer(RequestCallback):
         self.keys: list[str] = []
         self.anchor: list[torch.Tensor] = []
         self._params: list[torch.nn.Parameter] = []  # bound inside fit, on the training device
+        self._numel = 0  # N, counted once per fit rather than every step
         self.last_penalty: torch.Tensor | None = None
         """The penalty at the last optimizer step (a tensor: reading it would sync the device)."""
 
@@ -80,6 +81,7 @@ class AnchorRegularizer(RequestCallback):
         self._params = [params[k] for k in self.keys]
         source = self.anchor if self.reference == "previous" else [pl_module.base_state()[k] for k in self.keys]
         self.anchor = [a.to(device=p.device, dtype=p.dtype) for p, a in zip(self._params, source)]
+        self._numel = sum(p.numel() for p in self._params)
 
     # -- per optimizer step --------------------------------------------------------------------
     @torch.no_grad()
@@ -87,7 +89,7 @@ class AnchorRegularizer(RequestCallback):
         if not self._params or not self.anchor:
             return
         params = self._params
-        numel = sum(p.numel() for p in params)
+        numel = self._numel or sum(p.numel() for p in params)
         diffs = torch._foreach_sub(params, self.anchor)
         if self.kind == "l2":
             norms = torch._foreach_norm(diffs, 2)

@@ -35,6 +35,11 @@ class RequestCallback(Callback):
     def on_request_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Training for the current request is done; weights are not saved yet."""
 
+    def request_records(self) -> dict[str, dict[str, Any]]:
+        """JSON records of the request just ended, by file stem: the runner writes each to
+        ``requests/NN-<concept>/<stem>.json`` (after ``on_request_end``)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

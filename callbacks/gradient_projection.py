@@ -145,6 +145,9 @@ class GradientProjection(RequestCallback):
         target: Request = pl_module.current_request
         if target is None:
             raise ValueError("GradientProjection needs the current request: call module.begin_request first")
+        # Everything this training erases is a target (several under the simultaneous protocol).
+        targets = [(r.concept, r.kind) for r in (getattr(pl_module, "erasing", None) or [target])]
+        target_names = {c for c, _ in targets}
 
         def kind_of(concept: str) -> str:
             if concept in vocab.styles or concept in vocab.objects:
@@ -152,14 +155,18 @@ class GradientProjection(RequestCallback):
             return target.kind
 
         names = self.vocabulary if self.vocabulary is not None else [*vocab.styles, *vocab.objects]
-        candidates = [(c, kind_of(c)) for c in dict.fromkeys(names) if c != target.concept]
+        candidates = [(c, kind_of(c)) for c in dict.fromkeys(names) if c not in target_names]
         unlearned: list[tuple[str, str]] = []
-        if self.protect_unlearned and datamodule is not None and hasattr(datamodule, "served"):
-            unlearned = [(r.concept, r.kind) for r in datamodule.served() if r.concept != target.concept]
-        everything = [(target.concept, target.kind), *candidates, *unlearned]
+        if self.protect_unlearned:
+            # Erasures the starting weights carry (sequential: the earlier requests).
+            unlearned = [(r.concept, r.kind) for r in getattr(pl_module, "already_erased", [])
+                         if r.concept not in target_names]
+        everything = [*targets, *candidates, *unlearned]
         embeddings = concept_embeddings(pl_module.backbone, vocab, everything).float().cpu()
         unit = F.normalize(embeddings, dim=-1)
-        similarity = unit[1 : 1 + len(candidates)] @ unit[0]
+        nt = len(targets)
+        # A candidate's similarity to the erased set is its similarity to the closest target.
+        similarity = (unit[nt : nt + len(candidates)] @ unit[:nt].T).max(dim=1).values
 
         chosen: set[int] = set()
         if self.similarity_threshold is not None:
@@ -167,8 +174,8 @@ class GradientProjection(RequestCallback):
         if self.top_n:
             chosen |= {int(i) for i in torch.argsort(similarity, descending=True, stable=True)[: self.top_n]}
         # Earlier erasures first: if one of them and a similar concept coincide, the erasure stays.
-        ranked = [len(candidates) + 1 + j for j in range(len(unlearned))]
-        ranked += [1 + i for i in sorted(chosen, key=lambda i: (-float(similarity[i]), i))]
+        ranked = [nt + len(candidates) + j for j in range(len(unlearned))]
+        ranked += [nt + i for i in sorted(chosen, key=lambda i: (-float(similarity[i]), i))]
         order: list[int] = []
         for i in ranked:  # a concept both unlearned and similar is one direction
             if all(everything[j][0] != everything[i][0] for j in order):

@@ -38,7 +38,8 @@ class SelectiveFineTuning(RequestCallback):
         Args:
             top_k: fraction of trainable elements a request may change (reference 0.01-0.40).
             importance_batches: batches of the request's captions the importance gradient is
-                accumulated over (batch size = the datamodule's).
+                accumulated over (batch size = the datamodule's times the processes: one global
+                batch; under DDP the ranks share the batches and all-reduce the sum).
             name: distinguishes two instances of this class in checkpoints and logs.
         """
         super().__init__(name=name)
@@ -79,7 +80,10 @@ class SelectiveFineTuning(RequestCallback):
         if not captions:
             raise ValueError("SelectiveFineTuning needs the request's captions: call module.begin_request first")
         datamodule = getattr(trainer, "datamodule", None)
-        batch_size = int(getattr(datamodule, "batch_size", 0) or len(captions))
+        # One importance batch is one *global* batch (per-process batch x processes), so a DDP run
+        # scores the same samples as one process with the same global batch.
+        processes = max(1, int(getattr(trainer, "world_size", 1)))
+        batch_size = int(getattr(datamodule, "batch_size", 0) or len(captions)) * processes
         world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
         base_seed = IMPORTANCE_SEED_OFFSET + pl_module.request_seed * 1_000_003
         for i in range(self.importance_batches):
@@ -93,9 +97,9 @@ class SelectiveFineTuning(RequestCallback):
             loss = pl_module.method.loss(pl_module, batch)
             # autograd.grad leaves every p.grad untouched (and DDP's gradient hooks unfired).
             step_grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-            for acc, g in zip(grads, step_grads):
-                if g is not None:
-                    acc.add_(g.float())
+            present = [(acc, g) for acc, g in zip(grads, step_grads) if g is not None]
+            if present:  # one fused add over all tensors (float32 accumulators; add casts)
+                torch._foreach_add_([acc for acc, _ in present], [g for _, g in present])
         if world > 1:
             # Every rank must freeze the same elements; summing also makes the result independent
             # of how the batches were split.
@@ -113,6 +117,10 @@ class SelectiveFineTuning(RequestCallback):
         masks = global_topk_masks([scores[k] for k in keys], self.selected)
         self.masks = {k: m.cpu() for k, m in zip(keys, masks)}
         self._apply(pl_module)
+        # The request-start values of the unselected entries, taken now: when the request resumes
+        # from a mid-request checkpoint, fit starts from trained weights in which a callback
+        # listed after this one (a projected update) may have moved them.
+        self._frozen_values = [p.detach()[~m.to(p.device)].clone() for p, m in zip(self._partial, self._partial_masks)]
         frozen = sum(1 for m in self.masks.values() if not m.any())
         rank_zero_info(
             f"{self.log_prefix}: {self.selected} of {self.total} trainable elements selected; "
@@ -122,7 +130,7 @@ class SelectiveFineTuning(RequestCallback):
     def _apply(self, pl_module: LightningModule) -> None:
         """Freeze unselected whole tensors; remember the partially selected ones."""
         params = dict(pl_module.unet.named_parameters())
-        self._partial, self._partial_masks, self._frozen_values = [], [], []
+        self._partial, self._partial_masks = [], []
         for key, mask in self.masks.items():
             p = params[key]
             if not mask.any():
@@ -133,12 +141,13 @@ class SelectiveFineTuning(RequestCallback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Inside fit the parameters sit on their device; the masks and frozen values follow them.
-        # The unselected entries have the request-start values here (they are restored after
-        # every step), also when resuming mid-request.
         self._partial_masks = [m.to(p.device) for p, m in zip(self._partial, self._partial_masks)]
         # The unselected positions, inverted once here rather than on every optimizer step.
         self._unselected = [~m for m in self._partial_masks]
-        self._frozen_values = [p.detach()[u].clone() for p, u in zip(self._partial, self._unselected)]
+        if len(self._frozen_values) == len(self._partial):
+            self._frozen_values = [v.to(p.device) for p, v in zip(self._partial, self._frozen_values)]
+        else:  # a plain fit, without on_request_start: freeze the values it starts from
+            self._frozen_values = [p.detach()[u].clone() for p, u in zip(self._partial, self._unselected)]
 
     # -- per optimizer step --------------------------------------------------------------------
     @torch.no_grad()

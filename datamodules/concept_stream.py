@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightning_unlearn.requests import ConceptVocabulary, Request, RequestError
+from lightning_unlearn.requests import ConceptVocabulary, Request, RequestError, drop_already_unlearned
 from lightning_unlearn.tinyworld.concepts import DEFAULT_STYLE_STREAM, PromptTemplates
 
 
@@ -35,6 +36,38 @@ def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"caption": [it["caption"] for it in items], "seed": torch.tensor([it["seed"] for it in items])}
 
 
+class RequestLoader(DataLoader):
+    """The request's DataLoader, resumable in the middle of a request.
+
+    Its state (saved in Lightning checkpoints, which look for ``state_dict``/``load_state_dict``
+    on a loader) is the number of batches it has handed out this pass; after
+    ``load_state_dict`` the next pass skips that many, so a resumed request trains on exactly
+    the batches the interrupted one had not reached. Lightning fetches batches one at a time
+    from a loader with a length, so the count is of batches actually trained on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_served = 0
+        self._resume_at = 0
+
+    def __iter__(self):
+        skip, self._resume_at = self._resume_at, 0
+        self.batches_served = 0
+        for batch in super().__iter__():
+            if self.batches_served < skip:  # (caption, seed) pairs: skipping costs nothing
+                self.batches_served += 1
+                continue
+            self.batches_served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_served": self.batches_served}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_at = int(state_dict["batches_served"])
+
+
 class ConceptStreamDataModule(LightningDataModule):
     """Hands out the unlearning requests in sequence, and the current one's training samples."""
 
@@ -48,6 +81,8 @@ class ConceptStreamDataModule(LightningDataModule):
         batch_size: int = 8,
         steps_per_request: int = 100,
         seed: int = 0,
+        unlearned: list[str] | None = None,
+        already_unlearned: Literal["error", "skip"] = "error",
     ) -> None:
         """
         Args:
@@ -60,6 +95,11 @@ class ConceptStreamDataModule(LightningDataModule):
             batch_size: samples per training step (per process under DDP).
             steps_per_request: optimizer steps each request trains for.
             seed: data seed; request k's samples depend only on (seed, k).
+            unlearned: concepts the starting model has already had erased (e.g. by an earlier
+                run whose weights it loads); a request for one of them is handled by
+                ``already_unlearned``.
+            already_unlearned: ``error`` stops with an error naming such a request; ``skip``
+                drops it from the stream and logs a notice.
         """
         super().__init__()
         self.vocabulary = ConceptVocabulary(
@@ -67,7 +107,13 @@ class ConceptStreamDataModule(LightningDataModule):
             objects=list(objects) if objects is not None else ConceptVocabulary().objects,
             templates=templates,
         )
-        self.requests: list[Request] = self.vocabulary.parse(list(requests))
+        self.unlearned = list(unlearned or [])
+        self.requests: list[Request]
+        self.requests, skipped = drop_already_unlearned(
+            self.vocabulary.parse(list(requests)), self.unlearned, self.vocabulary, already_unlearned
+        )
+        for request in skipped:
+            rank_zero_info(f"skipping request {request.concept!r}: the model has already unlearned it (already_unlearned=skip)")
         if erase_prompt not in ("concept", "full"):
             raise RequestError(f"erase_prompt must be 'concept' or 'full', got {erase_prompt!r}")
         self.erase_prompt = erase_prompt
@@ -75,6 +121,12 @@ class ConceptStreamDataModule(LightningDataModule):
         self.steps_per_request = steps_per_request
         self.seed = seed
         self.position = 0
+        self.erasing: list[Request] = [self.requests[0]]
+        """Requests the current training erases (set with the position; several under the
+        simultaneous protocol)."""
+        self.train_steps = steps_per_request
+        """Optimizer steps the current request may train (the simultaneous protocol's cap can
+        exceed ``steps_per_request``)."""
 
     # -- the stream --------------------------------------------------------------------------
     @property
@@ -82,11 +134,18 @@ class ConceptStreamDataModule(LightningDataModule):
         """The request being served."""
         return self.requests[self.position]
 
-    def set_position(self, index: int) -> None:
-        """Move to request ``index`` (0-based)."""
+    def set_position(self, index: int, erasing: list[Request] | None = None, train_steps: int | None = None) -> None:
+        """Move to request ``index`` (0-based), training on the captions of ``erasing``
+        (default: that request alone) for at most ``train_steps`` (default: ``steps_per_request``)."""
         if not 0 <= index < len(self.requests):
             raise IndexError(f"request index {index} outside the stream of {len(self.requests)}")
         self.position = index
+        self.erasing = list(erasing) if erasing is not None else [self.requests[index]]
+        self.train_steps = int(train_steps) if train_steps is not None else self.steps_per_request
+
+    def training_captions(self) -> list[str]:
+        """Captions of every concept the current training erases, concept by concept."""
+        return [caption for request in self.erasing for caption in self.erase_captions(request)]
 
     def served(self) -> list[Request]:
         """Requests before the current one."""
@@ -104,20 +163,28 @@ class ConceptStreamDataModule(LightningDataModule):
 
     # -- Lightning -----------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        # Under DDP Lightning shards this across ranks; every rank serves the same request.
+        # Under DDP every rank serves the same request and takes every world_size-th sample, in
+        # order: global batch s is samples [s*B*W, (s+1)*B*W), the batch one process with batch
+        # B*W trains on. The sampler is ours because Lightning's injected one always shuffles.
+        world = max(1, self._world_size())
         dataset = RequestSamples(
-            self.erase_captions(self.current_request),
-            num_samples=self.steps_per_request * self.batch_size * max(1, self._world_size()),
+            self.training_captions(),
+            num_samples=self.train_steps * self.batch_size * world,
             seed=self.seed * 10_007 + self.position,
         )
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=collate_samples)
+        sampler = None
+        if world > 1:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=int(self.trainer.global_rank), shuffle=False)
+        return RequestLoader(dataset, batch_size=self.batch_size, shuffle=False, sampler=sampler,
+                             collate_fn=collate_samples)
 
     def _world_size(self) -> int:
         trainer = getattr(self, "trainer", None)
         return int(trainer.world_size) if trainer is not None else 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position, "requests": [vars(r) for r in self.requests]}
+        return {"position": self.position, "requests": [vars(r) for r in self.requests],
+                "erasing": [vars(r) for r in self.erasing], "train_steps": self.train_steps}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = [Request(**r) for r in state_dict["requests"]]
@@ -126,4 +193,5 @@ class ConceptStreamDataModule(LightningDataModule):
                 "the saved stream differs from the configured one: saved "
                 f"{[r.concept for r in saved]}, configured {[r.concept for r in self.requests]}"
             )
-        self.set_position(int(state_dict["position"]))
+        erasing = [Request(**r) for r in state_dict["erasing"]] if "erasing" in state_dict else None
+        self.set_position(int(state_dict["position"]), erasing=erasing, train_steps=state_dict.get("train_steps"))

@@ -2,31 +2,54 @@
 
 Every file is written to a temporary name in the same folder, flushed and fsync'ed, then
 renamed over the target, so a reader never sees half a file: after a crash the old file (or
-none) is there, never a torn one.
+none) is there, never a torn one. A write that fails (disk full: :class:`DiskFullError`)
+removes its temporary file and leaves the target as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""Out of space: device full, quota exceeded, or the process's file-size limit (``ulimit -f``)."""
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+class DiskFullError(OSError):
+    """A file could not be written for lack of space; the target was left untouched."""
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Run ``write`` on an open temporary file next to ``path``, fsync it, rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (reports and
+        # checkpoints are shared between people).
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -34,17 +57,38 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            raise DiskFullError(
+                exc.errno,
+                f"no space left to write {path}: the disk is full (or a quota / file-size limit was hit: "
+                f"{os.strerror(exc.errno)}); {path} was left as it was and nothing half-written remains",
+            ) from exc
         raise
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writes killed before their rename left under ``folder``
+    (``.<name>.<random>.tmp``); call it only while no write into ``folder`` is in progress."""
+    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def write_bytes(payload: bytes, path: str | Path) -> str:
+    """Write ``payload`` atomically; returns its sha256."""
+    _atomic_write(Path(path), lambda fh: fh.write(payload))
+    return hashlib.sha256(payload).hexdigest()
 
 
 def save_weights(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> str:
     """Write ``tensors`` as safetensors atomically; returns the file's sha256."""
-    path = Path(path)
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(clean, str(tmp), metadata=metadata))
-    return file_sha256(path)
+    # Serialised in memory and written by Python, so a full disk surfaces as an OSError with its
+    # errno (safetensors' own file writer reports it as a bare SafetensorError string).
+    return write_bytes(safetensors_bytes(clean, metadata=metadata), path)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -58,12 +102,12 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def write_json(data: Any, path: str | Path) -> None:
     """Write ``data`` as indented JSON atomically."""
     text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
-    _atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+    _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
 
 def write_text(text: str, path: str | Path) -> None:
-    """Write ``text`` atomically."""
-    _atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+    """Write ``text`` (UTF-8) atomically."""
+    _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -79,4 +123,4 @@ def write_png(image, path: str | Path) -> None:
     """Write a uint8 [H, W, 3] array as PNG atomically."""
     from PIL import Image
 
-    _atomic_write(Path(path), lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    _atomic_write(Path(path), lambda fh: Image.fromarray(image).save(fh, format="PNG"))

@@ -3,6 +3,10 @@
 - ``pretrain``: fit any LightningModule + DataModule from a config (the tiny world's UNet and
   classifier recipes); Lightning's own ``fit`` options apply (``--ckpt_path last`` resumes).
 - ``unlearn``: serve a stream of unlearning requests (see ``lightning_unlearn.stream``).
+- ``study``: run several streams in turn, each in its own folder, then report on them all
+  (see ``lightning_unlearn.study``).
+- ``report``: compare run folders in one self-contained HTML page and Markdown (see
+  ``lightning_unlearn.report``; plain argparse, ``train.py report --help``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import warnings
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-SUBCOMMANDS = ("pretrain", "unlearn")
+SUBCOMMANDS = ("pretrain", "unlearn", "report", "study")
 
 
 def _quiet() -> None:
@@ -53,7 +57,19 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "pretrain":
         pretrain(rest)
-    else:
-        from lightning_unlearn.stream import unlearn
+    elif command == "study":
+        from lightning_unlearn.study import main as study
 
-        unlearn(rest)
+        study(rest)
+    elif command == "report":
+        from lightning_unlearn.report import main as report
+
+        report(rest)
+    else:
+        from lightning_unlearn.stream import RequestFailedError, unlearn
+
+        try:
+            unlearn(rest)
+        except RequestFailedError as exc:
+            # The run folder is consistent and says what happened: a message, not a traceback.
+            raise SystemExit(f"error: {exc}") from exc

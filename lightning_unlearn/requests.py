@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES, ConceptKind, PromptTemplates
 
@@ -73,3 +74,38 @@ class ConceptVocabulary:
                 raise RequestError(f"duplicate request: {concept!r} appears more than once in the stream")
             requests.append(request)
         return requests
+
+
+class AlreadyUnlearnedError(RequestError):
+    """A request names a concept the starting model has already had erased."""
+
+
+def drop_already_unlearned(
+    requests: list[Request], unlearned: list[str], vocabulary: ConceptVocabulary, policy: Literal["error", "skip"]
+) -> tuple[list[Request], list[Request]]:
+    """Split ``requests`` into those to serve and those already erased from the starting model.
+
+    ``unlearned`` names concepts erased before this stream (an earlier run whose weights the
+    model starts from). ``policy="error"`` raises :class:`AlreadyUnlearnedError` naming the
+    first such request; ``"skip"`` drops them (the caller reports what it dropped). Returns
+    ``(to_serve, skipped)``. A concept requested twice *within* the stream is the parser's
+    duplicate error, not this.
+    """
+    if policy not in ("error", "skip"):
+        raise RequestError(f"already_unlearned must be 'error' or 'skip', got {policy!r}")
+    erased = set()
+    for concept in unlearned:
+        erased.add(Request(concept, vocabulary.kind_of(concept)))  # unknown names fail here, by name
+    skipped = [r for r in requests if r in erased]
+    if skipped and policy == "error":
+        raise AlreadyUnlearnedError(
+            f"request {skipped[0].concept!r} asks to unlearn a concept the model has already unlearned "
+            f"(listed in unlearned={sorted(unlearned)}): remove it from the requests, or set "
+            "already_unlearned=skip to drop such requests"
+        )
+    to_serve = [r for r in requests if r not in erased]
+    if not to_serve:
+        raise RequestError(
+            f"every request ({[r.concept for r in requests]}) has already been unlearned: nothing left to serve"
+        )
+    return to_serve, skipped

@@ -11,7 +11,10 @@ user's callbacks and logger persist across requests), then writes into the run f
     ledger.json  results.csv  results.json  tensorboard/
 
 Every file is written atomically; ``ledger.json`` says which requests are complete (with the
-weights' sha256), and re-running the same command continues after the last complete one.
+weights' sha256), and re-running the same command continues after the last complete one --
+inside it, from ``checkpoints/`` when ``--stream.checkpoint_every_n_steps`` is set
+(:mod:`lightning_unlearn.request_checkpoints`). A non-finite loss stops the request without
+committing it (``FAILED.json``, :class:`RequestFailedError`).
 """
 
 from __future__ import annotations
@@ -27,26 +30,46 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.base import request_callbacks
 from datamodules.concept_stream import ConceptStreamDataModule
-from lightning_unlearn.atomic_io import file_sha256, load_weights, save_weights, write_json, write_png, write_text
+from lightning_unlearn.atomic_io import (
+    file_sha256, load_weights, remove_stale_temporaries, save_weights, write_json, write_png, write_text,
+)
 from lightning_unlearn.backbone import TinyWorldBackbone
 from lightning_unlearn.evaluation import ClipZeroShotClassifier, EvaluationSettings, Evaluator, VocabularySubset, score
-from lightning_unlearn.requests import Request
-from lightning_unlearn.unlearning_module import UnlearningModule
+from lightning_unlearn.evaluation_cache import evaluate_base, evaluate_counts
+from lightning_unlearn.protocols import (
+    MergeSettings, ProtocolName, RequestPlan, SimultaneousSettings, plan_request,
+)
+from lightning_unlearn.requests import ConceptVocabulary, Request
+from lightning_unlearn.semantic_analysis import analyse_request
+from lightning_unlearn.request_checkpoints import (
+    AtomicCheckpointIO, RequestCheckpoints, clear_checkpoints, latest_checkpoint,
+)
+from lightning_unlearn.unlearning_module import NonFiniteLossError, UnlearningModule
 
 RESULT_COLUMNS = (
     "request", "concept", "kind", "UA", "UA_latest", "IRA", "CRA", "style_acc", "object_acc",
-    "train_steps", "cumulative_steps", "train_seconds", "eval_seconds",
+    "train_steps", "cumulative_steps", "train_seconds", "eval_seconds", "drift_to_base", "drift_to_previous",
+    "similarity_drop_r",
 )
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another process is serving a stream into the same run folder."""
 
 
 class LedgerMismatchError(RuntimeError):
     """A run folder's files do not match its ledger (edited, truncated, or another run's)."""
+
+
+class RequestFailedError(RuntimeError):
+    """A request was stopped (non-finite loss) and not committed; the run folder keeps the
+    last good state and records the failure (``FAILED.json``, the ledger's ``failed`` list)."""
 
 
 @dataclass
@@ -57,6 +80,88 @@ class StreamSettings:
     """Run folder (created; re-running on it resumes)."""
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     """How every checkpoint is evaluated."""
+    protocol: ProtocolName = "sequential"
+    """``sequential`` (from the previous request's weights), ``simultaneous`` (from the base,
+    all requests so far together, until a UA target) or ``independent`` (each alone from the base)."""
+    simultaneous: SimultaneousSettings = field(default_factory=SimultaneousSettings)
+    """The simultaneous protocol's stopping rule."""
+    merge: MergeSettings | None = None
+    """Independent protocol only: evaluate, after request k, the merge of requests 1..k."""
+    evaluate_every: int = 1
+    """Evaluate after every n-th request (and always after the last); 1 = after each. Requests
+    in between are committed (weights, ledger) with empty metrics."""
+    semantic_analysis: bool = True
+    """After each request, relate every retained concept's similarity to the target to its
+    accuracy drop and K/V change (``semantic.json``)."""
+    checkpoint_every_n_steps: int | None = None
+    """Save a Lightning checkpoint every n optimizer steps of a request into
+    ``<run_dir>/checkpoints/`` (atomic; removed once the request is committed), so that a
+    re-run resumes an interrupted request at its last checkpoint; unset = resume interrupted
+    requests from their start."""
+
+
+def callback_label(callback: Callback) -> str:
+    """A short name for a callback in reports: its name, its log prefix, or its class with the
+    options that tell instances apart (an anchor's kind and reference)."""
+    name = getattr(callback, "name", None) or getattr(callback, "log_prefix", None)
+    if name:
+        return str(name)
+    if hasattr(callback, "kind") and hasattr(callback, "reference"):
+        return f"{callback.kind}_{callback.reference}"
+    return type(callback).__name__
+
+
+def stream_settings_from(config: Namespace) -> StreamSettings:
+    """StreamSettings from its parsed (not instantiated) namespace."""
+    merge = config.get("merge")
+    return StreamSettings(
+        run_dir=config.run_dir,
+        evaluation=EvaluationSettings(**vars(config.evaluation)),
+        protocol=config.protocol,
+        simultaneous=SimultaneousSettings(**vars(config.simultaneous)),
+        merge=MergeSettings(**vars(merge)) if merge is not None else None,
+        evaluate_every=config.evaluate_every,
+        semantic_analysis=config.semantic_analysis,
+        checkpoint_every_n_steps=config.get("checkpoint_every_n_steps"),
+    )
+
+
+class UATargetStop(Callback):
+    """Simultaneous protocol: every n steps, sample the evaluation prompts of the erased
+    concepts and stop the request once their UA reaches the target (rank 0 decides)."""
+
+    def __init__(self, evaluator: Evaluator | None, erasing: list[Request], settings: SimultaneousSettings,
+                 vocabulary: ConceptVocabulary, domains: set[str]) -> None:
+        self.evaluator, self.erasing, self.settings = evaluator, erasing, settings
+        self.vocabulary, self.domains = vocabulary, domains
+        self.items = evaluator.items_naming(erasing, settings.check_seeds) if evaluator is not None else None
+        self.checks: list[dict[str, float]] = []
+        self._first_step: int | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._first_step is None:  # the runner sets it when a request resumes mid-way
+            self._first_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        done = trainer.global_step - (self._first_step or 0)
+        if done == 0 or done % self.settings.check_every_n_steps:
+            return
+        stop = False
+        if self.evaluator is not None:
+            with trainer.precision_plugin.forward_context():
+                images = self.evaluator.sample(pl_module.unet, self.items)
+            ua = score(self.evaluator.counts(images, self.items), self.vocabulary, self.erasing, self.domains)["UA"]
+            self.checks.append({"step": done, "UA": ua})
+            rank_zero_info(f"  step {done}: UA over {len(self.erasing)} concepts {ua:.1f} (target {self.settings.ua_target})")
+            stop = ua >= self.settings.ua_target
+        # Every rank must stop at the same step.
+        if trainer.strategy.broadcast(stop, src=0):
+            trainer.should_stop = True
+
+    def record(self) -> dict[str, Any]:
+        """The checks made (step, UA) and whether the target was reached."""
+        reached = bool(self.checks) and self.checks[-1]["UA"] >= self.settings.ua_target
+        return {"ua_target": self.settings.ua_target, "reached": reached, "checks": self.checks}
 
 
 class StreamRunner:
@@ -118,14 +223,17 @@ class StreamRunner:
             )
         return Evaluator(self.module.backbone, classifier.to(self.module.device), vocabulary, settings)
 
-    def evaluate(self, evaluator: Evaluator, erased: list[Request], out_dir: Path, step: int) -> tuple[dict, float]:
+    def evaluate(self, evaluator: Evaluator, erased: list[Request], out_dir: Path, step: int,
+                 base: bool = False) -> tuple[dict, float]:
         started = time.perf_counter()
-        # Sample under the trainer's precision (autocast for bf16-mixed), as training runs.
-        with self.trainer.precision_plugin.forward_context():
-            images = evaluator.sample(self.module.unet)
-        metrics = score(evaluator.counts(images), self.data.vocabulary, erased, self.domains)
+        # Sample under the trainer's precision (autocast for bf16-mixed), as training runs. The
+        # base model's evaluation is the same for every run on this base: reused from the cache.
+        context = self.trainer.precision_plugin.forward_context
+        outcome = (evaluate_base(self.module, evaluator, self.run_dir, str(self.trainer.precision), context) if base
+                   else evaluate_counts(evaluator, self.module.unet, context))
+        metrics = score(outcome.counts, self.data.vocabulary, erased, self.domains)
         seconds = time.perf_counter() - started
-        grid = evaluator.grid(images)
+        grid = outcome.grid
         write_png(grid, out_dir / "grid.png")
         write_json(metrics, out_dir / "metrics.json")
         logger = self.trainer.logger
@@ -138,9 +246,74 @@ class StreamRunner:
         return metrics, seconds
 
     # -- the loop ------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """What ``run.json`` says about this run (read by reports and the study runner)."""
+        kinds = sorted(self.domains)
+        return {
+            "label": self.run_dir.name,
+            "protocol": self.settings.protocol,
+            "merge": asdict(self.settings.merge) if self.settings.merge is not None else None,
+            "method": type(self.module.method).__name__,
+            "trainable": self.module.trainable,
+            "callbacks": [callback_label(cb) for cb in request_callbacks(self.trainer)],
+            "domain": kinds[0] if len(kinds) == 1 else "mixed",
+            "requests": [vars(r) for r in self.data.requests],
+            "steps_per_request": self.data.steps_per_request,
+            "simultaneous": asdict(self.settings.simultaneous) if self.settings.protocol == "simultaneous" else None,
+        }
+
+    def _verified_weights(self, entry: dict[str, Any], key: str = "weights", sha_key: str = "sha256") -> dict[str, torch.Tensor]:
+        path = self.run_dir / entry[key]
+        if not path.exists() or file_sha256(path) != entry[sha_key]:
+            raise LedgerMismatchError(f"{path} is missing or does not match the sha256 in {self.ledger_path}")
+        return load_weights(path)
+
+    def _metrics_of(self, ledger: dict[str, Any], request_number: int) -> dict[str, Any] | None:
+        """metrics.json of request ``request_number`` (0 = base), if it was evaluated."""
+        entry = ledger.get("base") if request_number == 0 else ledger["completed"][request_number - 1]
+        if not entry or "metrics" not in entry:
+            return None
+        path = self.run_dir / entry["metrics"]
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _lock_run_folder(self) -> None:
+        """Hold an exclusive lock on ``run_dir/.lock`` until this process ends (rank 0 only: the
+        other ranks of a DDP job share the folder with it), so two jobs never interleave writes."""
+        if not self.trainer.is_global_zero or getattr(self, "_lock_file", None) is not None:
+            return
+        import fcntl
+
+        handle = open(self.run_dir / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunFolderBusyError(
+                f"{self.run_dir} is in use by another process serving a stream into it; wait for it or use another run_dir"
+            ) from None
+        self._lock_file = handle
+
     def run(self) -> list[dict[str, Any]]:
-        """Serve every request not yet complete; returns the results table."""
+        """Serve every request not yet complete; returns the results table. The run folder is
+        locked against other processes meanwhile (released on return or error)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_run_folder()
+        try:
+            return self._serve()
+        finally:
+            self._unlock_run_folder()
+
+    def _unlock_run_folder(self) -> None:
+        handle = getattr(self, "_lock_file", None)
+        if handle is not None:
+            handle.close()  # closing the descriptor drops the flock
+            self._lock_file = None
+
+    def _serve(self) -> list[dict[str, Any]]:
+        settings = self.settings
+        protocol = settings.protocol
+        merging = settings.merge is not None
+        plan_request(self.data.requests, 0, protocol, merging)  # a named error for a bad combination, before any work
         self.module.run_dir = self.run_dir
         # Work outside fit (base evaluation, x_t banks) runs where training will run.
         self.module.to(self.trainer.strategy.root_device)
@@ -148,74 +321,197 @@ class StreamRunner:
         ledger = self.load_ledger()
         rows = self.results()
         completed = len(ledger["completed"])
+        # Mid-request checkpoints go through atomic, weights-only IO; committed requests' are stale.
+        self.checkpoint_io = AtomicCheckpointIO()
+        self.trainer.strategy.checkpoint_io = self.checkpoint_io
+        if self.trainer.is_global_zero:
+            for done in range(completed):
+                clear_checkpoints(self.run_dir, done)
+            # A process killed inside an atomic write leaves its complete-but-unrenamed temporary file.
+            for stale in remove_stale_temporaries(self.run_dir):
+                rank_zero_info(f"removed {stale}, left by an interrupted write")
         if completed == len(self.data.requests):
             rank_zero_info(f"{self.run_dir}: all {completed} requests are already complete; nothing to do")
             return rows
-        if completed:
+        if self.trainer.is_global_zero:
+            write_json(self.describe(), self.run_dir / "run.json")
+        if completed and protocol == "sequential":
             last = ledger["completed"][-1]
-            weights = self.run_dir / last["weights"]
-            if file_sha256(weights) != last["sha256"]:
-                raise LedgerMismatchError(f"{weights} does not match the sha256 in {self.ledger_path}")
-            self.module.load_trainable_state(load_weights(weights), source=weights)
+            self.module.load_trainable_state(self._verified_weights(last), source=self.run_dir / last["weights"])
             rank_zero_info(f"resuming {self.run_dir} after request {completed}: {last['concept']}")
+        elif completed:
+            rank_zero_info(f"resuming {self.run_dir} at request {completed + 1} ({protocol}: it starts from the base)")
 
-        # Request callbacks read the vocabulary and the served requests from trainer.datamodule in
-        # on_request_start, which for the first request comes before trainer.fit attaches it.
+        # Request callbacks read the vocabulary from trainer.datamodule in on_request_start,
+        # which for the first request comes before trainer.fit attaches it.
         self.trainer.datamodule = self.data
         evaluator = self.build_evaluator() if self.trainer.is_global_zero else None
         if "base" not in ledger and evaluator is not None:
-            metrics, seconds = self.evaluate(evaluator, [], self.request_dir(0, None), step=0)
+            metrics, seconds = self.evaluate(evaluator, [], self.request_dir(0, None), step=0, base=True)
             rows = [self._row(0, None, metrics, 0, 0, 0.0, seconds)]
             ledger["base"] = {"metrics": str((self.request_dir(0, None) / "metrics.json").relative_to(self.run_dir))}
             self.write_results(rows)
             write_json(ledger, self.ledger_path)
 
         for index in range(completed, len(self.data.requests)):
-            request = self.data.requests[index]
-            rank_zero_info(f"request {index + 1}/{len(self.data.requests)}: unlearn {request.kind} {request.concept!r}")
+            plan = plan_request(self.data.requests, index, protocol, merging)
+            request = plan.request
+            what = request.concept if len(plan.erasing) == 1 else f"{len(plan.erasing)} concepts up to {request.concept!r}"
+            rank_zero_info(f"request {index + 1}/{len(self.data.requests)} ({protocol}): unlearn {request.kind} {what}")
             seed_everything(self.module.hparams.seed + index, workers=True, verbose=False)
-            self.data.set_position(index)
-            started = time.perf_counter()
             # Lightning's teardown moves the module to the CPU after every fit: bring it back
             # before the reference copy and the method's per-request data are built.
             self.module.to(self.trainer.strategy.root_device)
+            if plan.from_base:
+                self.module.load_trainable_state(self.module.base_state(), source="the base weights")
+            cap = settings.simultaneous.max_steps if protocol == "simultaneous" else self.data.steps_per_request
+            self.data.set_position(index, erasing=list(plan.erasing), train_steps=cap)
+            started = time.perf_counter()
             with self.trainer.precision_plugin.forward_context():
-                self.module.begin_request(index, request, self.data.erase_captions(request))
+                self.module.begin_request(
+                    index, request, self.data.training_captions(),
+                    erasing=list(plan.erasing), already_erased=list(plan.already_erased),
+                )
             for callback in request_callbacks(self.trainer):
                 callback.on_request_start(self.trainer, self.module)
+            stopper = None
+            if protocol == "simultaneous":
+                stopper = UATargetStop(evaluator, list(plan.erasing), settings.simultaneous, self.data.vocabulary, self.domains)
+                self.trainer.callbacks.append(stopper)
             steps_before = self.trainer.global_step
-            self.trainer.fit_loop.epoch_loop.max_steps = steps_before + self.data.steps_per_request
-            self.trainer.fit(self.module, datamodule=self.data)
+            identity = self._checkpoint_identity(plan, cap)
+            # Only the first unfinished request can have been interrupted mid-way.
+            resume = latest_checkpoint(self.run_dir, index, identity) if index == completed else None
+            ckpt_path = None
+            if resume is not None:
+                ckpt_path, record = resume
+                # The checkpoint restores global_step as the interrupted process counted it.
+                steps_before = int(record["request_start_step"])
+                rank_zero_info(f"  resuming at step {record['steps_done']} of {cap} from {ckpt_path}")
+            if stopper is not None:
+                stopper._first_step = steps_before
+            self.trainer.fit_loop.epoch_loop.max_steps = steps_before + cap
+            saver = None
+            if settings.checkpoint_every_n_steps:
+                saver = RequestCheckpoints(self.run_dir, settings.checkpoint_every_n_steps, index, identity,
+                                           steps_before, self.checkpoint_io)
+                self.trainer.callbacks.append(saver)
+            try:
+                # weights_only: a checkpoint holds tensors and primitive containers, never code.
+                self.trainer.fit(self.module, datamodule=self.data, ckpt_path=ckpt_path, weights_only=True)
+            except NonFiniteLossError as error:
+                self._fail(index, plan, ledger, error, step=self.trainer.global_step - steps_before + 1, cap=cap)
+            finally:
+                for callback in (stopper, saver):
+                    if callback is not None:
+                        self.trainer.callbacks.remove(callback)
             if self.trainer.interrupted:
                 rank_zero_info("interrupted: the request was not committed; re-run the command to resume")
                 return rows
             for callback in request_callbacks(self.trainer):
                 callback.on_request_end(self.trainer, self.module)
+            records: dict[str, dict[str, Any]] = {}
+            for callback in request_callbacks(self.trainer):
+                records.update(callback.request_records())
+            if stopper is not None:
+                records["simultaneous"] = stopper.record()
             steps = self.trainer.global_step - steps_before
             train_seconds = time.perf_counter() - started
             if evaluator is not None:
                 self.module.to(self.trainer.strategy.root_device)
-                out = self.request_dir(index, request)
-                sha = save_weights(self.module.trainable_state(), out / "weights.safetensors")
-                write_json(
-                    {"request": vars(request), "index": index + 1, "trainable": self.module.trainable,
-                     "keys": len(self.module.trainable_keys), "sha256": sha},
-                    out / "manifest.json",
-                )
-                metrics, eval_seconds = self.evaluate(evaluator, self.data.requests[: index + 1], out, step=index + 1)
-                cumulative = (rows[-1]["cumulative_steps"] if rows else 0) + steps
-                rows.append(self._row(index + 1, request, metrics, steps, cumulative, train_seconds, eval_seconds))
-                self.write_results(rows)
-                ledger["completed"].append(
-                    {**vars(request), "index": index + 1, "weights": str((out / "weights.safetensors").relative_to(self.run_dir)),
-                     "sha256": sha, "metrics": str((out / "metrics.json").relative_to(self.run_dir))}
-                )
-                write_json(ledger, self.ledger_path)
-                rank_zero_info(
-                    "  UA {UA:.1f}  UA_latest {UA_latest:.1f}  IRA {IRA:.1f}  CRA {CRA:.1f}  "
-                    "({train_steps} steps, {train_seconds:.0f}s train, {eval_seconds:.0f}s eval)".format(**rows[-1])
-                )
+                rows = self._commit(index, plan, ledger, rows, evaluator, records, steps, train_seconds)
+                # Committed: its mid-request checkpoints and any earlier failure record are history.
+                clear_checkpoints(self.run_dir, index)
+                (self.request_dir(index, request) / "FAILED.json").unlink(missing_ok=True)
             self.trainer.strategy.barrier()
+        return rows
+
+    def _checkpoint_identity(self, plan: RequestPlan, cap: int) -> dict[str, Any]:
+        """What a mid-request checkpoint must agree on with the request resuming from it."""
+        return {
+            "concept": plan.request.concept, "kind": plan.request.kind, "protocol": self.settings.protocol,
+            "erasing": [r.concept for r in plan.erasing], "train_steps": cap, "batch_size": self.data.batch_size,
+            "world_size": self.trainer.world_size, "accumulate_grad_batches": self.trainer.accumulate_grad_batches,
+        }
+
+    def _fail(self, index: int, plan: RequestPlan, ledger: dict[str, Any], error: Exception, step: int, cap: int) -> None:
+        """Record that request ``index`` stopped at ``step`` and raise :class:`RequestFailedError`.
+
+        Nothing of the request is committed: the run folder keeps the previous requests'
+        weights. Its mid-request checkpoints are removed: resumed, they would bring back the
+        optimizer state (learning rate included) that diverged.
+        """
+        request = plan.request
+        failure = {**vars(request), "index": index + 1, "step": step, "train_steps": cap,
+                   "protocol": self.settings.protocol, "reason": str(error),
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if self.trainer.is_global_zero:
+            clear_checkpoints(self.run_dir, index)
+            write_json(failure, self.request_dir(index, request) / "FAILED.json")
+            ledger.setdefault("failed", []).append(failure)
+            write_json(ledger, self.ledger_path)
+        last = f"request {index}'s" if ledger["completed"] else "the base model's"
+        raise RequestFailedError(
+            f"request {index + 1} ({request.kind} {request.concept!r}) stopped at step {step} of {cap}: {error}. "
+            f"Nothing of it was committed ({self.run_dir} keeps {last} weights; the failure is in "
+            f"{self.request_dir(index, request) / 'FAILED.json'}): fix the configuration (e.g. a smaller learning "
+            "rate) and re-run the same command to retry the request from its start"
+        ) from error
+
+    def _commit(self, index: int, plan: RequestPlan, ledger: dict[str, Any], rows: list[dict[str, Any]],
+                evaluator: Evaluator, records: dict[str, dict[str, Any]], steps: int, train_seconds: float) -> list[dict[str, Any]]:
+        """Save, evaluate and record request ``index`` (rank 0); the ledger entry is written last."""
+        request = plan.request
+        out = self.request_dir(index, request)
+        trained = {k: v.detach().cpu() for k, v in self.module.trainable_state().items()}
+        sha = save_weights(trained, out / "weights.safetensors")
+        entry: dict[str, Any] = {
+            **vars(request), "index": index + 1, "weights": str((out / "weights.safetensors").relative_to(self.run_dir)),
+            "sha256": sha,
+        }
+        manifest = {"request": vars(request), "index": index + 1, "protocol": self.settings.protocol,
+                    "erasing": [r.concept for r in plan.erasing], "trainable": self.module.trainable,
+                    "keys": len(self.module.trainable_keys), "sha256": sha}
+        if self.settings.merge is not None:
+            # The deployed model after request k: the merge of the task vectors of requests 1..k.
+            earlier = [self._verified_weights(e) for e in ledger["completed"]]
+            merged = self.settings.merge.merge(self.module.base_state(), [*earlier, trained])
+            entry["merged"] = str((out / "merged.safetensors").relative_to(self.run_dir))
+            entry["merged_sha256"] = manifest["merged_sha256"] = save_weights(merged, out / "merged.safetensors")
+            manifest["merge"] = asdict(self.settings.merge)
+            self.module.load_trainable_state(merged, source=out / "merged.safetensors")
+        write_json(manifest, out / "manifest.json")
+        last = index + 1 == len(self.data.requests)
+        if not last and (index + 1) % max(1, self.settings.evaluate_every):
+            metrics, eval_seconds = dict.fromkeys(("UA", "UA_latest", "IRA", "CRA", "style_acc", "object_acc"), float("nan")), 0.0
+        else:
+            metrics, eval_seconds = self.evaluate(evaluator, list(plan.scored_erased), out, step=index + 1)
+        if self.settings.semantic_analysis and "per_style" in metrics:
+            before = self._metrics_of(ledger, 0 if plan.from_base else index)
+            if before is not None:
+                records["semantic"] = analyse_request(
+                    self.module.backbone, self.data.vocabulary, self.module.reference_unet, self.module.unet,
+                    list(plan.erasing), list(plan.scored_erased), before, metrics,
+                )
+        for stem, record in records.items():
+            write_json(record, out / f"{stem}.json")
+        cumulative = (rows[-1]["cumulative_steps"] if rows else 0) + steps
+        row = self._row(index + 1, request, metrics, steps, cumulative, train_seconds, eval_seconds)
+        if "drift" in records:
+            row["drift_to_base"] = records["drift"]["to_base"]["total"]
+            row["drift_to_previous"] = records["drift"]["to_previous"]["total"]
+        if "semantic" in records:
+            row["similarity_drop_r"] = records["semantic"]["pearson_similarity_drop"]
+        rows = [*rows, row]
+        self.write_results(rows)
+        if "per_style" in metrics:
+            entry["metrics"] = str((out / "metrics.json").relative_to(self.run_dir))
+        ledger["completed"].append(entry)
+        write_json(ledger, self.ledger_path)
+        rank_zero_info(
+            "  UA {UA:.1f}  UA_latest {UA_latest:.1f}  IRA {IRA:.1f}  CRA {CRA:.1f}  "
+            "({train_steps} steps, {train_seconds:.0f}s train, {eval_seconds:.0f}s eval)".format(**row)
+        )
         return rows
 
     @staticmethod
@@ -266,11 +562,12 @@ def unlearn(args: list[str]) -> list[dict[str, Any]]:
         },
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
+        # A misspelled option must be an error, not the prefix of a real one (--data.batch=4).
+        parser_kwargs={"allow_abbrev": False},
     )
-    settings = StreamSettings(
-        run_dir=cli.config.stream.run_dir,
-        evaluation=EvaluationSettings(**vars(cli.config.stream.evaluation)),
-    )
+    settings = cli.config_init.stream
+    if not isinstance(settings, StreamSettings):  # jsonargparse versions differ in instantiating dataclasses
+        settings = stream_settings_from(cli.config.stream)
     Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     write_json(asdict(settings), Path(settings.run_dir) / "stream_settings.json")
     return StreamRunner(cli.trainer, cli.model, cli.datamodule, settings).run()

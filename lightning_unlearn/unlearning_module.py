@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -18,6 +19,12 @@ from lightning_unlearn.backbone import Backbone, DiffusersBackbone, TinyWorldBac
 from lightning_unlearn.methods import ESD, UnlearningMethod
 from lightning_unlearn.requests import ConceptVocabulary, Request
 from lightning_unlearn.trainable import apply_trainable
+from lightning_unlearn.unet_weights import load_unet_weights
+
+REFERENCE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+}
+"""``--model.reference_dtype`` choices: the dtype the frozen reference UNet is held in."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,12 +43,17 @@ class UnlearningModule(LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr: float = 1e-5,
         seed: int = 0,
+        reference_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
     ) -> None:
         """
         Args:
             method: the unlearning loss (default: ``ESD()``).
             pretrained: a diffusers-format Stable Diffusion folder; unset = the tiny world.
-            unet_weights: tiny world only: a UNet safetensors file other than the shipped one.
+            unet_weights: UNet weights to start from instead of the backbone's (either world): a
+                diffusers UNet folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) or
+                a safetensors state dict, full or only some keys (e.g. trained cross-attention).
+                Pickled ``.bin``/``.ckpt`` files are refused, never unpickled.
             trainable: weights a request may change: ``esd-x`` (cross-attention), ``kv-xattn``
                 (cross-attention keys and values), ``esd-u`` (all but cross-attention), ``full``.
             optimizer: optimizer factory (``--model.optimizer=torch.optim.AdamW --model.optimizer.lr=...``;
@@ -49,17 +61,32 @@ class UnlearningModule(LightningModule):
                 unset = ``AdamW(lr=lr, weight_decay=0)``.
             lr: learning rate of the default optimizer.
             seed: seed of per-request randomness the method draws (banks, noise).
+            reference_dtype: dtype of the frozen reference UNet copy (``bfloat16`` halves its
+                memory; the trainable UNet keeps its own dtype, inputs are cast at the call).
+            gradient_checkpointing: recompute the UNet's block activations in backward instead of
+                keeping them (diffusers' ``enable_gradient_checkpointing``): less memory, about
+                a third more compute per step. Attention is torch SDPA either way (no xformers).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["method", "optimizer"])
         self.method = method if method is not None else ESD()
         self.optimizer_factory = optimizer
-        self.backbone: Backbone = (
-            DiffusersBackbone(pretrained) if pretrained else TinyWorldBackbone(weights=unet_weights)
-        )
+        if reference_dtype not in REFERENCE_DTYPES:
+            raise ValueError(f"reference_dtype must be one of {sorted(REFERENCE_DTYPES)}, got {reference_dtype!r}")
+        self.backbone: Backbone = DiffusersBackbone(pretrained) if pretrained else TinyWorldBackbone()
+        if unet_weights:
+            load_unet_weights(self.unet, unet_weights)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
         self.trainable = trainable
         self.trainable_keys = apply_trainable(self.unet, trainable)
         self.current_request: Request | None = None
+        self.erasing: list[Request] = []
+        """Concepts the current training erases: the current request alone, or (the
+        simultaneous protocol) every request up to it. ``current_request`` is the last."""
+        self.already_erased: list[Request] = []
+        """Concepts erased in the weights the current request started from (sequential: the
+        requests before it; protocols that restart from the base: none)."""
         self.request_index = -1
         self.request_captions: list[str] = []
         self.run_dir: Path | None = None
@@ -86,16 +113,42 @@ class UnlearningModule(LightningModule):
         """Seed of the current request's randomness."""
         return self.hparams.seed * 10_007 + self.request_index
 
+    def frozen_reference_copy(self) -> torch.nn.Module:
+        """A frozen copy of the UNet as it stands, in ``reference_dtype``, on the UNet's device."""
+        reference = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        # The reference only runs forward passes under no_grad: checkpointing would buy nothing.
+        if getattr(reference, "is_gradient_checkpointing", False):
+            reference.disable_gradient_checkpointing()
+        # nn.Module.to: diffusers' own .to warns on every dtype cast, though a UNet2DConditionModel
+        # has no modules it keeps in float32.
+        return torch.nn.Module.to(reference, REFERENCE_DTYPES[self.hparams.get("reference_dtype", "float32")])
+
     def base_state(self) -> dict[str, torch.Tensor]:
         """Pretrained values of the trainable keys (CPU tensors, never trained)."""
         return self.__dict__["_base_state"]
 
-    def begin_request(self, index: int, request: Request, captions: list[str]) -> None:
-        """Start serving ``request`` (the ``index``-th): freeze the reference, prepare the method."""
+    def begin_request(
+        self,
+        index: int,
+        request: Request,
+        captions: list[str],
+        erasing: list[Request] | None = None,
+        already_erased: list[Request] | None = None,
+    ) -> None:
+        """Start serving ``request`` (the ``index``-th): freeze the reference, prepare the method.
+
+        ``captions`` are the training captions; ``erasing`` the concepts they erase (default:
+        ``[request]``); ``already_erased`` the concepts the current weights have already had
+        erased (default: none).
+        """
         self.current_request = request
+        self.erasing = list(erasing) if erasing is not None else [request]
+        if self.erasing[-1] != request:
+            raise ValueError(f"the request being served ({request.concept!r}) must be the last concept erased")
+        self.already_erased = list(already_erased or [])
         self.request_index = index
         self.request_captions = list(captions)
-        reference = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        reference = self.frozen_reference_copy()
         # Kept outside the module tree: not trained, not checkpointed, not moved twice.
         self.__dict__["_reference_unet"] = reference
         self.trainable_keys = apply_trainable(self.unet, self.trainable)
@@ -120,6 +173,21 @@ class UnlearningModule(LightningModule):
         with torch.no_grad():
             for k, v in state.items():
                 params[k].copy_(v.to(params[k].dtype))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A mid-request checkpoint holds only the trainable keys (a request changes nothing else):
+        # a few MB instead of the whole UNet (3.4 GB for Stable Diffusion).
+        prefix = "backbone.unet."
+        keep = {prefix + k for k in self.trainable_keys}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["trainable_keys"] = list(self.trainable_keys)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # The untrained keys are the request-start values the stream loaded before resuming;
+        # a key this model lacks still fails Lightning's strict load, naming it.
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            state.setdefault(key, value)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.method.loss(self, batch)

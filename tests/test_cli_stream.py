@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from lightning_unlearn.cli import main
@@ -63,3 +64,74 @@ def test_a_different_stream_on_the_same_folder_is_refused(tmp_path):
     with pytest.raises(LedgerMismatchError, match="use another run_dir"):
         main(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
               "--data.requests=[Cartoon]", f"--stream.run_dir={run}", *FAST])
+
+
+# -- precision and optimizer options -----------------------------------------------------------
+
+# This CPU has no bf16 instructions (bf16 convolutions run ~20x slower than fp32): one request
+# on a 2 x 1 corner of the world, 2-step banks and evaluation.
+SMALL = [
+    "--data.requests=[Van Gogh]", "--data.steps_per_request=4", "--data.batch_size=2",
+    "--model.method.init_args.ddim_steps=2", "--model.method.init_args.bank_trajectories=2",
+    "--stream.evaluation.steps=2", "--trainer.enable_model_summary=false",
+    "--data.styles=[Van Gogh, Monet]", "--data.objects=[star]",
+]
+
+def _capture_runner(monkeypatch) -> list:
+    """Keep the StreamRunner that ``main`` builds, to look at its trainer afterwards."""
+    from lightning_unlearn.stream import StreamRunner
+
+    runners, run = [], StreamRunner.run
+
+    def keep(self):
+        runners.append(self)
+        return run(self)
+
+    monkeypatch.setattr(StreamRunner, "run", keep)
+    return runners
+
+
+def _finite_request(run: Path) -> dict:
+    rows = json.loads((run / "results.json").read_text())
+    assert [r["concept"] for r in rows] == ["base", "Van Gogh"] and rows[1]["train_steps"] == 4
+    for key in ("UA", "IRA", "CRA", "style_acc", "object_acc"):
+        assert 0.0 <= rows[1][key] <= 100.0
+    return load_file(str(run / "requests" / "01-van-gogh" / "weights.safetensors"))
+
+
+def test_bf16_mixed_precision_with_a_bf16_reference_serves_a_request_on_the_cpu(tmp_path, monkeypatch):
+    runners = _capture_runner(monkeypatch)
+    run = tmp_path / "run"
+    main(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
+          f"--stream.run_dir={run}", *SMALL, "--trainer.precision=bf16-mixed", "--model.reference_dtype=bfloat16",
+          "--model.gradient_checkpointing=true"])
+    trainer = runners[0].trainer
+    assert trainer.precision == "bf16-mixed"
+    module = runners[0].module
+    assert next(module.reference_unet.parameters()).dtype == torch.bfloat16
+    assert next(module.unet.parameters()).dtype == torch.float32  # mixed: fp32 master weights
+    loss = trainer.callback_metrics["train/loss"]
+    assert torch.isfinite(loss)
+    weights = _finite_request(run)
+    base = module.base_state()
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert any(not torch.equal(base[k], v) for k, v in weights.items()), "training changed nothing"
+
+
+def test_bitsandbytes_adamw8bit_from_the_cli_trains_with_8bit_state_on_the_cpu(tmp_path, monkeypatch):
+    runners = _capture_runner(monkeypatch)
+    run = tmp_path / "run"
+    # min_8bit_size: bitsandbytes keeps 32-bit state for tensors under 4096 elements by default,
+    # which would leave most of the tiny UNet's cross-attention on the 32-bit path.
+    main(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
+          f"--stream.run_dir={run}", *SMALL, "--model.optimizer=bitsandbytes.optim.AdamW8bit",
+          "--model.optimizer.lr=1e-3", "--model.optimizer.min_8bit_size=256"])
+    import bitsandbytes
+
+    optimizer = runners[0].trainer.optimizers[0]
+    assert isinstance(optimizer, bitsandbytes.optim.AdamW8bit)
+    dtypes = {v.dtype for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)}
+    assert torch.uint8 in dtypes, f"no 8-bit optimizer state: {dtypes}"
+    weights = _finite_request(run)
+    base = runners[0].module.base_state()
+    assert any(not torch.equal(base[k], v) for k, v in weights.items()), "training changed nothing"

@@ -31,3 +31,121 @@ def test_loading_weights_of_another_model_is_refused():
     key = model.trainable_keys[0]
     with pytest.raises(ValueError, match=f"{key} has shape"):
         model.load_trainable_state({key: torch.zeros(3, 3)}, source="other.safetensors")
+
+
+# -- precision and memory options ------------------------------------------------------------
+
+from lightning_unlearn.methods import ESD, ConceptAblation  # noqa: E402
+from lightning_unlearn.requests import Request  # noqa: E402
+
+VAN_GOGH = Request("Van Gogh", "style")
+CAPTION = "a painting in Van Gogh style"
+
+
+def _train(module: UnlearningModule, steps: int = 3) -> float:
+    """A few AdamW steps on the method's loss; the largest change of a trainable weight."""
+    opt = torch.optim.AdamW([p for p in module.unet.parameters() if p.requires_grad], lr=1e-3)
+    before = {k: v.clone() for k, v in module.trainable_state().items()}
+    for i in range(steps):
+        loss = module.method.loss(module, {"caption": [CAPTION] * 2, "seed": torch.tensor([2 * i, 2 * i + 1])})
+        assert torch.isfinite(loss) and loss > 0
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = module.trainable_state()
+    return max(float((after[k] - before[k]).abs().max()) for k in before)
+
+
+@pytest.mark.parametrize(
+    "method, dtype",
+    [
+        (lambda: ESD(ddim_steps=3, bank_trajectories=2, bank_batch=2), "bfloat16"),
+        (lambda: ESD(ddim_steps=3, bank_trajectories=2, bank_batch=2), "float16"),
+        (lambda: ESD(ddim_steps=3, xt_source="online"), "bfloat16"),
+        (lambda: ConceptAblation(images_per_anchor=2, ddim_steps=2, sample_batch=2), "bfloat16"),
+    ],
+    ids=["esd-bank-bf16", "esd-bank-fp16", "esd-online-bf16", "concept-ablation-bf16"],
+)
+def test_a_low_precision_reference_serves_a_request_for_an_fp32_unet(method, dtype, tmp_path):
+    module = UnlearningModule(method=method(), trainable="kv-xattn", reference_dtype=dtype)
+    module.run_dir = tmp_path
+    module.begin_request(0, VAN_GOGH, [CAPTION])
+    assert {p.dtype for p in module.reference_unet.parameters()} == {getattr(torch, dtype)}
+    assert {p.dtype for p in module.unet.parameters()} == {torch.float32}
+    bank = getattr(module.method, "bank", None)
+    if bank is not None:  # the bank's targets come back in fp32, close to an fp32 reference's
+        assert bank["target"].dtype == torch.float32 and torch.isfinite(bank["target"]).all()
+    if isinstance(module.method, ConceptAblation):
+        assert module.method.latents.dtype == torch.float32 and torch.isfinite(module.method.latents).all()
+    assert _train(module) > 1e-5, "training changed no trainable weight"
+
+
+def test_bf16_reference_predicts_close_to_the_fp32_one():
+    module = UnlearningModule(method=ESD(ddim_steps=3, bank_trajectories=2, bank_batch=2), reference_dtype="bfloat16")
+    module.begin_request(0, VAN_GOGH, [CAPTION])
+    from lightning_unlearn.sampling import TextCondition, predict_noise
+
+    x = torch.randn(2, *module.backbone.latent_shape, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500, 100])
+    cond = TextCondition.from_captions(module.backbone, [CAPTION, ""])
+    with torch.no_grad():
+        ref, full = predict_noise(module.reference_unet, x, t, cond), predict_noise(module.unet, x, t, cond)
+    assert ref.dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa: a few percent of the prediction's scale, no more.
+    assert float((ref - full).abs().max()) < 0.1 * float(full.abs().max())
+    with pytest.raises(ValueError, match="reference_dtype must be one of"):
+        UnlearningModule(reference_dtype="int8")
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients():
+    module = UnlearningModule(method=ESD(ddim_steps=3, bank_trajectories=2, bank_batch=2), trainable="esd-x")
+    module.begin_request(0, VAN_GOGH, [CAPTION])
+    module.train()
+    batch = {"caption": [CAPTION] * 2, "seed": torch.tensor([3, 4])}
+    calls = []
+    # A block downstream of trainable cross-attention (upstream ones need no backward at all).
+    block = module.unet.up_blocks[0].resnets[0]
+    forward = block.forward
+
+    def counted(*args, **kwargs):  # forward hooks do not fire in checkpoint's recomputation
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    block.forward = counted
+
+    def loss_and_grads():
+        module.unet.zero_grad(set_to_none=True)
+        calls.clear()
+        loss = module.method.loss(module, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.unet.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, len(calls)
+
+    plain_loss, plain_grads, plain_calls = loss_and_grads()
+    module.unet.enable_gradient_checkpointing()
+    ckpt_loss, ckpt_grads, ckpt_calls = loss_and_grads()
+    del block.forward
+    assert ckpt_calls > plain_calls, "checkpointing did not recompute the block in backward"
+    assert plain_grads and set(ckpt_grads) == set(plain_grads)
+    torch.testing.assert_close(ckpt_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-4, atol=1e-7)
+
+    switched = UnlearningModule(method=ESD(ddim_steps=2, bank_trajectories=1), gradient_checkpointing=True)
+    assert switched.unet.is_gradient_checkpointing
+    switched.begin_request(0, VAN_GOGH, [CAPTION])
+    assert not switched.reference_unet.is_gradient_checkpointing  # forward-only: nothing to save
+
+
+def test_attention_is_torch_sdpa_not_xformers(tiny_sd_folder):
+    import sys
+
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from lightning_unlearn.backbone import DiffusersBackbone
+
+    for unet in (UnlearningModule().unet, DiffusersBackbone(tiny_sd_folder).unet):
+        processors = unet.attn_processors
+        kinds = {type(p) for p in processors.values()}
+        assert processors and kinds == {AttnProcessor2_0}, kinds
+    assert "xformers" not in sys.modules

@@ -26,7 +26,6 @@ deterministic. Concept Ablation is usually trained on the cross-attention keys a
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import weakref
@@ -219,16 +218,20 @@ class ConceptAblation(UnlearningMethod):
         self.latents, self.caption_index = torch.cat(latents), torch.cat(index)
 
     def requests_to_erase(self, module: UnlearningModule) -> list[Request]:
-        """The concepts this training erases: the current request. (A protocol that erases
-        several concepts at once gets one anchor set and caption-pair list per concept here.)"""
+        """The concepts this training erases (``module.erasing``: the current request, or all
+        requests so far under the simultaneous protocol), one anchor set and caption-pair list each."""
         if module.current_request is None:
             raise RuntimeError("ConceptAblation needs module.current_request: call module.begin_request")
-        return [module.current_request]
+        return list(module.erasing) or [module.current_request]
 
     def sampler_settings(self, module: UnlearningModule) -> dict[str, Any]:
         """Everything about the sampler that changes the anchor images."""
-        return {"ddim_steps": self.ddim_steps, "guidance": float(self.guidance),
-                "latent_shape": list(module.backbone.latent_shape)}
+        settings = {"ddim_steps": self.ddim_steps, "guidance": float(self.guidance),
+                    "latent_shape": list(module.backbone.latent_shape)}
+        dtype = module.hparams.get("reference_dtype", "float32")
+        if dtype != "float32":  # a lower-precision base samples (slightly) different images
+            settings["dtype"] = dtype
+        return settings
 
     def cache_key(self, module: UnlearningModule, captions: Sequence[str]) -> str:
         """Cache key of the anchor set for ``captions`` on ``module``'s base."""
@@ -289,7 +292,8 @@ class ConceptAblation(UnlearningMethod):
     def _generate(self, module: UnlearningModule, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Guided DDIM from the base model: ``images_per_anchor`` latents cycling over ``captions``."""
         backbone = module.backbone
-        base = copy.deepcopy(module.unet).requires_grad_(False).eval()
+        # A frozen copy in the module's reference dtype (bf16 halves an SD UNet's copy).
+        base = module.frozen_reference_copy()
         params = dict(base.named_parameters())
         for name, value in module.base_state().items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
@@ -314,10 +318,15 @@ class ConceptAblation(UnlearningMethod):
         batch_size = len(seeds)
         backbone = module.backbone
         scheduler = backbone.training_scheduler()
-        gen = torch.Generator().manual_seed(int(seeds[0]))
-        pick = torch.randint(0, self.latents.shape[0], (batch_size,), generator=gen)
-        t = torch.randint(0, int(scheduler.config.num_train_timesteps), (batch_size,), generator=gen)
-        noise = torch.randn((batch_size, *self.latents.shape[1:]), generator=gen)
+        # Sample i's draws (anchor image, timestep, noise) depend only on seeds[i], so how a
+        # global batch is split (DDP ranks, batch size) never changes what it trains on.
+        pick, t, noise = torch.empty(batch_size, dtype=torch.long), torch.empty(batch_size, dtype=torch.long), []
+        for i, seed in enumerate(seeds.tolist()):
+            gen = torch.Generator().manual_seed(int(seed))
+            pick[i] = torch.randint(0, self.latents.shape[0], (1,), generator=gen)
+            t[i] = torch.randint(0, int(scheduler.config.num_train_timesteps), (1,), generator=gen)
+            noise.append(torch.randn(self.latents.shape[1:], generator=gen))
+        noise = torch.stack(noise)
         x_t = scheduler.add_noise(self.latents[pick], noise, t).to(module.device)
         t = t.to(module.device)
         pairs = self.caption_index[pick].tolist()

@@ -39,6 +39,11 @@ def seeded_noise(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
+def per_sample_randint(seeds: torch.Tensor, high: int) -> torch.Tensor:
+    """One integer in [0, high) per seed; entry i depends only on seeds[i]."""
+    return torch.cat([torch.randint(0, high, (1,), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
 class ESD(UnlearningMethod):
     """ESD loss with negative guidance ``eta`` on x_t from the frozen model's trajectories."""
 
@@ -113,8 +118,9 @@ class ESD(UnlearningMethod):
 
     def _draw_from_bank(self, seeds: torch.Tensor, device: torch.device):
         assert self.bank is not None, "prepare_request builds the bank before training"
-        gen = torch.Generator().manual_seed(int(seeds[0]))
-        idx = torch.randint(0, self.bank["x"].shape[0], (len(seeds),), generator=gen)
+        # Draw i depends only on seeds[i], so how a global batch is split (DDP ranks, batch
+        # size) never changes which bank entries it trains on.
+        idx = per_sample_randint(seeds, self.bank["x"].shape[0])
         captions = [self.bank_captions[int(i)] for i in self.bank["caption"][idx]]
         return self.bank["x"][idx].to(device), self.bank["t"][idx].to(device), self.bank["target"][idx].to(device), captions
 

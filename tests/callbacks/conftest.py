@@ -70,7 +70,7 @@ def serve() -> Serve:
             seed_everything(index, verbose=False)
             data.set_position(index)
             request = data.requests[index]
-            module.begin_request(index, request, data.erase_captions(request))
+            module.begin_request(index, request, data.erase_captions(request), already_erased=data.served())
             for callback in request_callbacks(trainer):
                 callback.on_request_start(trainer, module)
             trainer.fit_loop.epoch_loop.max_steps = trainer.global_step + data.steps_per_request

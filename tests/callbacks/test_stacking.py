@@ -7,6 +7,7 @@ from lightning.pytorch import Trainer
 
 from callbacks.anchor import AnchorRegularizer
 from callbacks.base import RequestCallback
+from callbacks.drift import DriftRecorder
 from callbacks.gradient_projection import GradientProjection
 from callbacks.selective_finetuning import SelectiveFineTuning
 from lightning_unlearn.cli import main
@@ -39,6 +40,9 @@ def test_projection_topk_and_two_anchors_from_yaml_files_run_one_stream(tmp_path
     ])
     trainer = seen["trainer"]
     stack = [cb for cb in trainer.callbacks if isinstance(cb, RequestCallback)]
+    # The study config's DriftRecorder comes first; the stack follows in file, then CLI order.
+    assert type(stack[0]) is DriftRecorder
+    stack = stack[1:]
     assert [type(cb) for cb in stack] == [GradientProjection, SelectiveFineTuning, AnchorRegularizer, AnchorRegularizer]
     assert stack[1].importance_batches == 1 and [cb.kind for cb in stack[2:]] == ["l2", "l1"]
     assert len({cb.state_key for cb in stack}) == 4  # the l1 and l2 anchors do not collide

@@ -51,3 +51,86 @@ def test_erase_captions_and_batches():
     assert seeds_first == [b["seed"].tolist() for b in dm.train_dataloader()]
     dm.set_position(1)
     assert list(dm.train_dataloader())[0]["seed"].tolist() != seeds_first[0]
+
+
+def test_a_request_for_an_already_unlearned_concept_is_an_error_by_default():
+    from lightning_unlearn.requests import AlreadyUnlearnedError
+
+    with pytest.raises(AlreadyUnlearnedError, match="request 'Monet' asks to unlearn a concept the model has already"):
+        ConceptStreamDataModule(requests=["Van Gogh", "Monet"], unlearned=["Monet"])
+
+
+def test_skip_drops_already_unlearned_requests_with_a_notice(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        dm = ConceptStreamDataModule(
+            requests=["Van Gogh", "Monet", "star"], unlearned=["Monet", "Cartoon"], already_unlearned="skip"
+        )
+    assert [r.concept for r in dm.requests] == ["Van Gogh", "star"]
+    assert "skipping request 'Monet': the model has already unlearned it" in caplog.text
+    assert "Van Gogh" not in caplog.text.split("skipping", 1)[1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(unlearned=["Rembrandt"]), "unknown concept 'Rembrandt'"),
+        (dict(unlearned=["Monet"], already_unlearned="skip"), "every request .* has already been unlearned"),
+        (dict(unlearned=["Monet"], already_unlearned="ignore"), "already_unlearned must be 'error' or 'skip'"),
+    ],
+)
+def test_bad_unlearned_settings_are_named(kwargs, message):
+    with pytest.raises(RequestError, match=message):
+        ConceptStreamDataModule(requests=["Monet"], **kwargs)
+
+
+def test_ddp_ranks_serve_the_same_request_and_shard_the_global_batch_in_order(monkeypatch):
+    import lightning.fabric.utilities.rank_zero as fabric_rank_zero
+    import lightning.pytorch.utilities.rank_zero as pl_rank_zero
+    from lightning.pytorch import Trainer
+
+    # A DDP Trainer built for rank 1 sets the process-wide rank-zero flag; restore it after the
+    # test, or every later logger in this process would think it runs on rank 1 (and not write).
+    for owner in (fabric_rank_zero.rank_zero_only, pl_rank_zero.rank_zero_only):
+        monkeypatch.setattr(owner, "rank", getattr(owner, "rank", 0), raising=False)
+
+    def batches(rank: int | None, batch_size: int) -> list[list[int]]:
+        data = ConceptStreamDataModule(requests=["Monet", "Cartoon"], batch_size=batch_size, steps_per_request=3)
+        if rank is None:
+            data.trainer = Trainer(accelerator="cpu", devices=1, logger=False)
+        else:  # the Trainer a DDP child process builds (Lightning reads its rank from LOCAL_RANK)
+            monkeypatch.setenv("LOCAL_RANK", str(rank))
+            data.trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+            assert data.trainer.global_rank == rank and data.trainer.world_size == 2
+        data.set_position(1)
+        return [b["seed"].tolist() for b in data.train_dataloader()]
+
+    single = batches(None, 4)
+    rank0, rank1 = batches(0, 2), batches(1, 2)
+    assert len(single) == len(rank0) == len(rank1) == 3
+    for whole, a, b in zip(single, rank0, rank1):
+        assert sorted(a + b) == whole and not set(a) & set(b)
+
+
+def test_the_request_loader_resumes_after_the_batches_it_served():
+    dm = ConceptStreamDataModule(requests=["Van Gogh"], batch_size=2, steps_per_request=5)
+    loader = dm.train_dataloader()
+    all_seeds = [b["seed"].tolist() for b in loader]
+    partial = iter(loader)
+    served = [next(partial)["seed"].tolist() for _ in range(3)]
+    state = loader.state_dict()
+    assert state == {"batches_served": 3} and served == all_seeds[:3]
+    fresh = ConceptStreamDataModule(requests=["Van Gogh"], batch_size=2, steps_per_request=5).train_dataloader()
+    fresh.load_state_dict(state)
+    assert len(fresh) == 5  # Lightning's step counting keeps the whole request's length
+    assert [b["seed"].tolist() for b in fresh] == all_seeds[3:]
+    assert [b["seed"].tolist() for b in fresh] == all_seeds  # the skip applies to one pass only
+
+
+def test_the_stream_state_restores_what_the_current_training_erases():
+    dm = ConceptStreamDataModule(requests=["Van Gogh", "Monet", "Cartoon"], steps_per_request=4)
+    dm.set_position(2, erasing=dm.requests[:3], train_steps=9)
+    other = ConceptStreamDataModule(requests=["Van Gogh", "Monet", "Cartoon"], steps_per_request=4)
+    other.load_state_dict(dm.state_dict())
+    assert other.position == 2 and other.erasing == dm.requests[:3] and other.train_steps == 9

@@ -72,11 +72,13 @@ def test_loss_is_the_mse_of_the_two_branches_with_gradient_through_the_target_on
     assert set(grads) == set(module.trainable_keys)  # kv-xattn only
     module.unet.zero_grad(set_to_none=True)
 
-    # The same draws by hand: anchor image, timestep and noise from a generator seeded by seeds[0].
-    gen = torch.Generator().manual_seed(11)
-    pick = torch.randint(0, 4, (2,), generator=gen)
-    t = torch.randint(0, 1000, (2,), generator=gen)
-    noise = torch.randn((2, *module.backbone.latent_shape), generator=gen)
+    # The same draws by hand: sample i's anchor image, timestep and noise from a generator seeded by seeds[i].
+    gens = [torch.Generator().manual_seed(s) for s in (11, 12)]
+    draws = [(torch.randint(0, 4, (1,), generator=g), torch.randint(0, 1000, (1,), generator=g),
+              torch.randn(module.backbone.latent_shape, generator=g)) for g in gens]
+    pick = torch.cat([d[0] for d in draws])
+    t = torch.cat([d[1] for d in draws])
+    noise = torch.stack([d[2] for d in draws])
     x_t = module.backbone.training_scheduler().add_noise(method.latents[pick], noise, t)
     pairs = method.caption_index[pick].tolist()
     target = TextCondition.from_captions(module.backbone, [method.target_captions[i] for i in pairs])

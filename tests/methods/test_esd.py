@@ -61,3 +61,14 @@ def test_online_source_gives_a_finite_loss():
 def test_bad_source_is_named():
     with pytest.raises(ValueError, match="xt_source must be"):
         ESD(xt_source="cache")
+
+
+def test_bank_draws_depend_on_each_sample_seed_alone(module):
+    # How a global batch is split (DDP ranks, batch size) must not change what it trains on.
+    seeds = torch.tensor([7, 8, 9, 10])
+    whole = module.method._draw_from_bank(seeds, torch.device("cpu"))
+    parts = [module.method._draw_from_bank(seeds[i : i + 1], torch.device("cpu")) for i in range(4)]
+    for j in range(3):
+        assert torch.equal(whole[j], torch.cat([p[j] for p in parts]))
+    assert whole[3] == [c for p in parts for c in p[3]]
+    assert len(set(whole[1].tolist()) | set(whole[0].flatten(1).sum(1).tolist())) > 1  # not one entry repeated

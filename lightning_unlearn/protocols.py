@@ -1,0 +1,94 @@
+"""Protocols: what request k trains on, and from which weights.
+
+- ``sequential``: from the previous request's weights, erasing request k alone. The deployed
+  setting the paper studies; retention collapses as drift accumulates.
+- ``simultaneous``: from the base weights, erasing requests 1..k together, until UA over all
+  k reaches a target (checked every n steps, with a step cap). Retains better; the cumulative
+  cost grows superlinearly.
+- ``independent``: from the base weights, erasing request k alone. The baseline, and the input
+  of model merging: with ``merge`` set, the model evaluated after request k is the merge of the
+  task vectors of requests 1..k.
+
+All three share one training path (``StreamRunner``); a protocol only decides the plan below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from lightning_unlearn.merging import merge_task_arithmetic, merge_ties, merge_uniform
+from lightning_unlearn.requests import Request
+
+ProtocolName = Literal["sequential", "simultaneous", "independent"]
+PROTOCOLS: tuple[str, ...] = ("sequential", "simultaneous", "independent")
+
+
+@dataclass
+class SimultaneousSettings:
+    """When a simultaneous request stops training."""
+
+    ua_target: float = 99.0
+    """Stop once UA over every concept erased so far reaches this (percent)."""
+    check_every_n_steps: int = 50
+    """Check UA every this many optimizer steps (on the evaluation prompts of the erased concepts)."""
+    max_steps: int = 1000
+    """Step cap per request, whether or not the target is reached."""
+    check_seeds: int = 1
+    """Evaluation seeds per prompt used by the check (the full evaluation uses its own)."""
+
+
+@dataclass
+class MergeSettings:
+    """How the independent protocol merges its task vectors (see ``lightning_unlearn.merging``)."""
+
+    method: Literal["uniform", "task_arithmetic", "ties"] = "ties"
+    """``uniform`` (mean of checkpoints), ``task_arithmetic`` (lambda * sum) or ``ties``."""
+    lambda_: float = 1.0
+    """Scale of the summed (task arithmetic) or merged (TIES) task vector."""
+    top_k: float = 0.2
+    """TIES: fraction of each task vector kept by magnitude."""
+
+    def merge(self, base: dict[str, torch.Tensor], checkpoints: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """theta_0 + the merged task vectors of ``checkpoints`` (each trained from ``base``)."""
+        if self.method == "uniform":
+            return merge_uniform(base, checkpoints)
+        if self.method == "task_arithmetic":
+            return merge_task_arithmetic(base, checkpoints, lambda_=self.lambda_)
+        if self.method == "ties":
+            return merge_ties(base, checkpoints, lambda_=self.lambda_, top_k=self.top_k)
+        raise ValueError(f"merge method must be uniform, task_arithmetic or ties, got {self.method!r}")
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """What the ``index``-th request trains and how its result is scored."""
+
+    index: int
+    request: Request
+    erasing: tuple[Request, ...]
+    """Concepts the training erases (the request is the last)."""
+    already_erased: tuple[Request, ...]
+    """Concepts erased in the weights the training starts from."""
+    from_base: bool
+    """Start from the pretrained weights (else from the previous request's)."""
+    scored_erased: tuple[Request, ...]
+    """Concepts the evaluated model should have forgotten (UA is over these)."""
+
+
+def plan_request(requests: Sequence[Request], index: int, protocol: str, merging: bool = False) -> RequestPlan:
+    """The plan of request ``index`` of ``requests`` under ``protocol``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if merging and protocol != "independent":
+        raise ValueError(f"merging combines independently unlearned checkpoints: it needs protocol 'independent', not {protocol!r}")
+    request = requests[index]
+    so_far = tuple(requests[: index + 1])
+    if protocol == "sequential":
+        return RequestPlan(index, request, (request,), so_far[:-1], False, so_far)
+    if protocol == "simultaneous":
+        return RequestPlan(index, request, so_far, (), True, so_far)
+    return RequestPlan(index, request, (request,), (), True, so_far if merging else (request,))

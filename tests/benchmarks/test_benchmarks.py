@@ -1,0 +1,60 @@
+"""Every benchmark's ``--quick`` smoke run: it runs with one command and prints its table."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_quick(script: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--quick", "--threads", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def table_rows(output: str, header_start: str) -> list[list[str]]:
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_evaluation_benchmark_quick():
+    out = run_quick("evaluation.py")
+    rows = table_rows(out, "| solver | steps |")
+    assert [(r[0], r[1], r[2]) for r in rows] == [("ddim", "4", "12"), ("dpm++", "3", "12")]
+    assert all(float(r[4]) > 0 for r in rows)  # images per second
+    assert "base evaluation reused from the cache" in out
+
+
+@pytest.mark.slow
+def test_callback_overhead_benchmark_quick():
+    rows = table_rows(run_quick("callback_overhead.py"), "| callback |")
+    assert [r[0] for r in rows] == ["plain", "L1 (anchor)", "L2 (anchor)", "top-k", "projection gradient",
+                                    "projection update", "projection + top-k"]
+    assert rows[0][2] == "1.00"
+
+
+@pytest.mark.slow
+def test_esd_bank_vs_online_benchmark_quick():
+    out = run_quick("esd_bank_vs_online.py")
+    assert [r[0] for r in table_rows(out, "| x_t source |")] == ["bank", "online"]
+    assert "online / bank train time" in out
+
+
+@pytest.mark.slow
+def test_stream_benchmark_quick():
+    rows = table_rows(run_quick("stream.py"), "| run | requests |")
+    assert len(rows) == 1 and rows[0][1] == "2"

@@ -1,0 +1,129 @@
+"""Protocols: plans on a known stream, and every protocol end to end through the CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lightning_unlearn.cli import main
+from lightning_unlearn.protocols import MergeSettings, plan_request
+from lightning_unlearn.requests import Request
+
+FAST = [
+    "--data.steps_per_request=4", "--data.batch_size=4",
+    "--model.method.init_args.ddim_steps=4", "--model.method.init_args.bank_trajectories=4",
+    "--stream.evaluation.steps=8", "--trainer.enable_model_summary=false",
+    "--data.styles=[Van Gogh, Cartoon, Monet, Pop Art]", "--data.objects=[circle, star, house]",
+]
+
+A, B, C = Request("Van Gogh", "style"), Request("Cartoon", "style"), Request("Monet", "style")
+
+
+def test_plans_say_what_each_protocol_trains_from_and_scores():
+    stream = [A, B, C]
+    seq = plan_request(stream, 2, "sequential")
+    assert (seq.erasing, seq.already_erased, seq.from_base, seq.scored_erased) == ((C,), (A, B), False, (A, B, C))
+    sim = plan_request(stream, 2, "simultaneous")
+    assert (sim.erasing, sim.already_erased, sim.from_base, sim.scored_erased) == ((A, B, C), (), True, (A, B, C))
+    ind = plan_request(stream, 1, "independent")
+    assert (ind.erasing, ind.already_erased, ind.from_base, ind.scored_erased) == ((B,), (), True, (B,))
+    assert plan_request(stream, 1, "independent", merging=True).scored_erased == (A, B)
+    with pytest.raises(ValueError, match="needs protocol 'independent'"):
+        plan_request(stream, 0, "sequential", merging=True)
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        plan_request(stream, 0, "parallel")
+
+
+def run(run_dir: Path, *extra: str) -> list[dict]:
+    main(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
+          "--data.requests=[Van Gogh, Cartoon]", f"--stream.run_dir={run_dir}", *FAST, *extra])
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_sequential_records_drift_and_semantics(tmp_path):
+    rows = run(tmp_path / "seq")
+    drift = json.loads((tmp_path / "seq/requests/02-cartoon/drift.json").read_text())
+    # Request 2 starts from request 1's weights: its drift from the base exceeds its own step.
+    assert drift["to_base"]["total"] > drift["to_previous"]["total"] > 0
+    assert any(k.endswith("attn2.to_k.weight") for k in drift["to_base"]["layers"])
+    assert rows[2]["drift_to_base"] == pytest.approx(drift["to_base"]["total"])
+    semantic = json.loads((tmp_path / "seq/requests/02-cartoon/semantic.json").read_text())
+    concepts = {r["concept"]: r for r in semantic["concepts"]}
+    assert set(concepts) == {"Monet", "Pop Art", "circle", "star", "house"}  # retained: not Van Gogh, not Cartoon
+    for r in concepts.values():
+        assert -1 <= r["similarity"] <= 1 and r["k_change"] > 0 and r["v_change"] > 0
+    # The drop is measured from request 1's model (the start of request 2).
+    before = json.loads((tmp_path / "seq/requests/01-van-gogh/metrics.json").read_text())
+    assert concepts["Monet"]["accuracy_before"] == before["per_style"]["Monet"]
+
+
+def test_simultaneous_restarts_from_base_and_stops_at_the_check_or_cap(tmp_path):
+    rows = run(tmp_path / "sim", "--stream.protocol=simultaneous", "--stream.simultaneous.check_every_n_steps=2",
+               "--stream.simultaneous.max_steps=6", "--stream.simultaneous.ua_target=101")
+    # An unreachable target: every request trains to the cap, checked at steps 2, 4 and 6 (the cap).
+    assert [r["train_steps"] for r in rows[1:]] == [6, 6] and rows[-1]["cumulative_steps"] == 12
+    record = json.loads((tmp_path / "sim/requests/02-cartoon/simultaneous.json").read_text())
+    assert [c["step"] for c in record["checks"]] == [2, 4, 6] and record["reached"] is False
+    manifest = json.loads((tmp_path / "sim/requests/02-cartoon/manifest.json").read_text())
+    assert manifest["erasing"] == ["Van Gogh", "Cartoon"]
+    drift = json.loads((tmp_path / "sim/requests/02-cartoon/drift.json").read_text())
+    assert drift["to_base"]["total"] == pytest.approx(drift["to_previous"]["total"])  # started from the base
+
+    reached = run(tmp_path / "sim0", "--stream.protocol=simultaneous", "--stream.simultaneous.check_every_n_steps=2",
+                  "--stream.simultaneous.max_steps=6", "--stream.simultaneous.ua_target=0")
+    assert [r["train_steps"] for r in reached[1:]] == [2, 2]  # any UA meets a 0% target at the first check
+
+
+def test_independent_with_ties_merge_evaluates_the_merge_of_the_task_vectors(tmp_path):
+    rows = run(tmp_path / "ind", "--stream.protocol=independent", "--stream.merge.method=ties",
+               "--stream.merge.lambda_=1.5", "--stream.merge.top_k=0.5")
+    folder = tmp_path / "ind/requests"
+    first, second = (load_file(str(folder / d / "weights.safetensors")) for d in ("01-van-gogh", "02-cartoon"))
+    drift = json.loads((folder / "02-cartoon/drift.json").read_text())
+    assert drift["to_base"]["total"] == pytest.approx(drift["to_previous"]["total"])  # trained from the base
+    from lightning_unlearn.backbone import TinyWorldBackbone
+
+    unet = dict(TinyWorldBackbone().unet.named_parameters())
+    base = {k: unet[k].detach() for k in first}
+    expected = MergeSettings("ties", 1.5, 0.5).merge(base, [first, second])
+    merged = load_file(str(folder / "02-cartoon/merged.safetensors"))
+    assert merged.keys() == expected.keys()
+    for k in merged:
+        torch.testing.assert_close(merged[k], expected[k], rtol=0, atol=0)
+    ledger = json.loads((tmp_path / "ind/ledger.json").read_text())
+    assert ledger["completed"][1]["merged"] == "requests/02-cartoon/merged.safetensors"
+    metrics = json.loads((folder / "02-cartoon/metrics.json").read_text())
+    # The merged model is scored on both concepts: UA averages Van Gogh's and Cartoon's.
+    assert metrics["UA"] == pytest.approx(
+        ((100 - metrics["per_style"]["Van Gogh"]) + (100 - metrics["per_style"]["Cartoon"])) / 2)
+    run_json = json.loads((tmp_path / "ind/run.json").read_text())
+    assert run_json["protocol"] == "independent" and run_json["merge"]["method"] == "ties"
+
+
+def test_merging_needs_the_independent_protocol(tmp_path):
+    with pytest.raises(ValueError, match="needs protocol 'independent'"):
+        run(tmp_path / "bad", "--stream.merge.method=ties")
+    assert not (tmp_path / "bad" / "ledger.json").exists()
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from lightning_unlearn.stream import RunFolderBusyError
+
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(60)"), str(folder / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderBusyError, match="in use by another process"):
+            run(folder)
+        assert not (folder / "ledger.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
