@@ -111,21 +111,6 @@ def callback_label(callback: Callback) -> str:
     return type(callback).__name__
 
 
-def stream_settings_from(config: Namespace) -> StreamSettings:
-    """StreamSettings from its parsed (not instantiated) namespace."""
-    merge = config.get("merge")
-    return StreamSettings(
-        run_dir=config.run_dir,
-        evaluation=EvaluationSettings(**vars(config.evaluation)),
-        protocol=config.protocol,
-        simultaneous=SimultaneousSettings(**vars(config.simultaneous)),
-        merge=MergeSettings(**vars(merge)) if merge is not None else None,
-        evaluate_every=config.evaluate_every,
-        semantic_analysis=config.semantic_analysis,
-        checkpoint_every_n_steps=config.get("checkpoint_every_n_steps"),
-    )
-
-
 class UATargetStop(Callback):
     """Simultaneous protocol: every n steps, sample the evaluation prompts of the erased
     concepts and stop the request once their UA reaches the target (rank 0 decides)."""
@@ -565,9 +550,7 @@ def unlearn(args: list[str]) -> list[dict[str, Any]]:
         # A misspelled option must be an error, not the prefix of a real one (--data.batch=4).
         parser_kwargs={"allow_abbrev": False},
     )
-    settings = cli.config_init.stream
-    if not isinstance(settings, StreamSettings):  # jsonargparse versions differ in instantiating dataclasses
-        settings = stream_settings_from(cli.config.stream)
+    settings: StreamSettings = cli.config_init.stream  # jsonargparse instantiates the dataclasses
     Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     write_json(asdict(settings), Path(settings.run_dir) / "stream_settings.json")
     return StreamRunner(cli.trainer, cli.model, cli.datamodule, settings).run()
