@@ -54,12 +54,10 @@ def default_cache_dir(run_dir: str | Path) -> Path:
 
 def state_fingerprint(module: nn.Module) -> str:
     """sha256 over a module's state dict (names, dtypes, shapes and bytes, sorted by name)."""
+    from lightning_unlearn.methods.concept_ablation import hash_state  # imported here, as base_fingerprint is
+
     digest = hashlib.sha256()
-    state = module.state_dict()
-    for key in sorted(state):
-        tensor = state[key].detach().to("cpu").contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    hash_state(digest, module.state_dict())
     return digest.hexdigest()
 
 

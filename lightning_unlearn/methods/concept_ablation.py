@@ -112,7 +112,8 @@ def caption_pairs(
     return [a for a, _ in pairs], [t for _, t in pairs]
 
 
-def _hash_state(digest: Any, state: Mapping[str, torch.Tensor]) -> None:
+def hash_state(digest: Any, state: Mapping[str, torch.Tensor]) -> None:
+    """Feed a state dict into ``digest``: names, dtypes, shapes and bytes, sorted by name."""
     for key in sorted(state):
         tensor = state[key].detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"{key}|{tensor.dtype}|{tuple(state[key].shape)}\n".encode())
@@ -128,10 +129,10 @@ def base_fingerprint(module: UnlearningModule) -> str:
     digest.update(json.dumps(module.backbone.scheduler_config, sort_keys=True, default=str).encode())
     # Only the trainable keys ever move during a stream; the rest of the UNet still is the base.
     unet_state = {**module.unet.state_dict(), **module.base_state()}
-    _hash_state(digest, unet_state)
+    hash_state(digest, unet_state)
     text_encoder = getattr(module.backbone, "text_encoder", None)
     if isinstance(text_encoder, nn.Module):
-        _hash_state(digest, text_encoder.state_dict())
+        hash_state(digest, text_encoder.state_dict())
     return digest.hexdigest()
 
 
