@@ -119,7 +119,7 @@ def measure(setting: str, folder: Path, args) -> dict:
     module = UnlearningModule(
         method=ESD(ddim_steps=args.ddim_steps, bank_trajectories=args.bank_trajectories,
                    bank_batch=args.bank_trajectories),
-        pretrained=str(folder), trainable="esd-x", optimizer=optimizer,
+        pretrained=str(folder), trainable=args.trainable, optimizer=optimizer,
         reference_dtype=cfg["reference_dtype"], gradient_checkpointing=cfg["checkpointing"],
     )
     data = ConceptStreamDataModule(requests=["Van Gogh"], styles=["Van Gogh", "Monet"], objects=["Cats"],
@@ -178,6 +178,8 @@ def main() -> None:
     p.add_argument("--bank-trajectories", type=int, default=None, help="ESD bank trajectories (default 16 GPU, 2 CPU)")
     p.add_argument("--ddim-steps", type=int, default=None,
                    help="DDIM steps of each trajectory (default 50 GPU, 10 CPU)")
+    p.add_argument("--trainable", default="esd-x", choices=["esd-x", "esd-u"],
+                   help="weights the request trains: esd-x (cross-attention, 3 %% of SD) or esd-u (the rest, 97 %%)")
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), help=f"subset of {list(SETTINGS)}")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: reduced size, 3 steps, 1 short trajectory; numbers mean nothing")
@@ -207,7 +209,8 @@ def main() -> None:
         for setting in args.settings:
             cmd = [sys.executable, __file__, "--_measure", setting, "--_folder", str(Path(tmp) / "pipeline"),
                    "--size", args.size, "--device", args.device, "--steps", str(args.steps),
-                   "--bank-trajectories", str(args.bank_trajectories), "--ddim-steps", str(args.ddim_steps)]
+                   "--bank-trajectories", str(args.bank_trajectories), "--ddim-steps", str(args.ddim_steps),
+                   "--trainable", args.trainable]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -221,7 +224,7 @@ def main() -> None:
     where = (torch.cuda.get_device_name(args.device) if gpu else f"CPU ({os.cpu_count()} cores)")
     memory = "CUDA max_memory_allocated" if gpu else "peak RSS of the process"
     print(f"{machine_line()}\ndevice: {where}; size {args.size}: UNet {base['unet_params'] / 1e6:.1f} M parameters, "
-          f"esd-x trains {base['trainable_params'] / 1e6:.2f} M; batch 1, {args.steps} steps, bank "
+          f"{args.trainable} trains {base['trainable_params'] / 1e6:.2f} M; batch 1, {args.steps} steps, bank "
           f"{args.bank_trajectories} trajectories x {args.ddim_steps} DDIM steps; memory = {memory}\n")
     headers = ["setting", "step (s)", "bank (s)", f"request: bank + {args.steps} steps (s)",
                f"projected {PROJECTED_STEPS}-step request (s)", "peak memory (GiB)", "step / fp32", "request / fp32",

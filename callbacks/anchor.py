@@ -32,8 +32,11 @@ class AnchorRegularizer(RequestCallback):
         """
         Args:
             kind: ``l1`` (L1-SP, (1/N) sum |d|) or ``l2`` (L2-SP, (1/N) sum d^2), d = theta - theta_ref.
-            weight: penalty weight (mean reduction: reference values L1 10-100, L2 about 25000
-                with ESD; L1 0.1-5, L2 100 with other methods).
+            weight: penalty weight. The reference's values, for Concept Ablation on SD 1.5's
+                kv-xattn (19.17 M elements): L1 10-100, L2 about 25000; with other methods L1
+                0.1-5, L2 100. The mean reduction makes the per-element pull weight / N, so on a
+                model with fewer trainable elements scale the weight by N_model / N_SD15 to keep
+                it (the tiny world's kv-xattn: x 0.0282, configs/tinyworld/callbacks/).
             reference: ``previous`` anchors to the weights the request started from (the previous
                 request's result); ``base`` to the pretrained weights.
             name: distinguishes two instances of this class in checkpoints and logs.

@@ -41,6 +41,10 @@ def test_shipped_study_configs_parse_and_name_existing_configs():
         for run in study.runs:
             config = run.args[run.args.index("--config") + 1]
             assert Path(config).is_file(), f"{path}: {run.name} names a missing {config}"
+            for arg in run.args:
+                if arg.startswith("--trainer.callbacks+=") and arg.endswith(".yaml"):
+                    callback = arg.split("=", 1)[1]
+                    assert Path(callback).is_file(), f"{path}: {run.name} names a missing {callback}"
 
 
 def test_a_study_runs_each_stream_in_its_folder_and_skips_finished_ones(tmp_path, capfd):
