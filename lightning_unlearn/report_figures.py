@@ -76,13 +76,20 @@ def _request_axis(ax, xs: Sequence[int]) -> None:
     ax.grid(True, alpha=0.3)
 
 
+def finite_points(series: Series) -> tuple[list[int], list[float]]:
+    """The series' points with a finite value: a run evaluated every n-th request
+    (``--stream.evaluate_every``) has NaN between, and matplotlib would break its line at each."""
+    kept = [(x, y) for x, y in zip(series.x, series.y) if math.isfinite(y)]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
 def metric_curves(panels: Mapping[str, Sequence[Series]], ylabel: str = "%") -> bytes:
     """One panel per metric (e.g. UA, IRA, CRA), every run overlaid as a line over requests."""
     fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (metric, runs) in zip(axes, panels.items()):
         for series in runs:
-            ax.plot(series.x, series.y, marker="o", markersize=3.5, label=series.label)
+            ax.plot(*finite_points(series), marker="o", markersize=3.5, label=series.label)
         ax.set_title(metric)
         ax.set_ylabel(ylabel)
         ax.set_ylim(-3, 103)

@@ -68,3 +68,9 @@ def test_charts_render_with_missing_values():
     png = figs.accuracy_heatmap(["0 base", "1 Monet"], [("Monet", "style"), ("star", "object")], values,
                                 np.array([[False, False], [True, False]]), "run")
     assert Image.open(io.BytesIO(png)).format == "PNG"
+
+
+def test_curves_join_the_evaluated_requests_of_a_sparsely_evaluated_run():
+    nan = float("nan")
+    series = figs.Series("every 4th", [0, 1, 2, 3, 4, 5, 8], [100.0, nan, nan, nan, 80.0, nan, 70.0])
+    assert figs.finite_points(series) == ([0, 4, 8], [100.0, 80.0, 70.0])
