@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from lightning_unlearn.errors import UnlearnError
+
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """Out of space: device full, quota exceeded, or the process's file-size limit (``ulimit -f``)."""
 
@@ -34,8 +36,11 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-class DiskFullError(OSError):
+class DiskFullError(UnlearnError, OSError):
     """A file could not be written for lack of space; the target was left untouched."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message alone, without OSError's "[Errno N]" prefix
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:

@@ -21,12 +21,13 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from lightning_unlearn.atomic_io import load_weights
+from lightning_unlearn.errors import UnlearnError
 
 TINY_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 """Where the tiny world's pretrained UNet and classifier ship."""
 
 
-class ModelPathError(ValueError):
+class ModelPathError(UnlearnError, ValueError):
     """A ``--model.pretrained`` path that does not exist or is not a diffusers folder."""
 
 

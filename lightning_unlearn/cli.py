@@ -18,6 +18,8 @@ import warnings
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_unlearn.errors import UnlearnError
+
 SUBCOMMANDS = ("pretrain", "unlearn", "report", "study")
 
 
@@ -48,7 +50,18 @@ def pretrain(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Dispatch ``train.py SUBCOMMAND ...``."""
+    """Dispatch ``train.py SUBCOMMAND ...``; a named error (:class:`UnlearnError`) becomes one
+    ``error: ...`` line and exit status 2 (``LIGHTNING_UNLEARN_DEBUG=1`` keeps the traceback)."""
+    try:
+        _dispatch(argv)
+    except UnlearnError as exc:
+        if os.environ.get("LIGHTNING_UNLEARN_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _dispatch(argv: list[str] | None) -> None:
     _quiet()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS:
@@ -66,10 +79,6 @@ def main(argv: list[str] | None = None) -> None:
 
         report(rest)
     else:
-        from lightning_unlearn.stream import RequestFailedError, unlearn
+        from lightning_unlearn.stream import unlearn
 
-        try:
-            unlearn(rest)
-        except RequestFailedError as exc:
-            # The run folder is consistent and says what happened: a message, not a traceback.
-            raise SystemExit(f"error: {exc}") from exc
+        unlearn(rest)

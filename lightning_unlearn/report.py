@@ -29,6 +29,7 @@ import numpy as np
 
 from lightning_unlearn import report_figures as figs
 from lightning_unlearn.atomic_io import write_bytes, write_text
+from lightning_unlearn.errors import UnlearnError
 
 GRID_MAX_SIDE = 512
 """Longest side of an image grid in the report (the tiny world's 2x grids come back to 32 px tiles)."""
@@ -41,7 +42,7 @@ MAX_LAYER_BARS = 64
 """The layer-drift chart keeps the layers that drifted most from the base, at most this many."""
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UnlearnError, ValueError):
     """A path given to the report is not a readable stream run folder."""
 
 

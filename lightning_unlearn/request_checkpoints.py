@@ -28,11 +28,12 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_unlearn.atomic_io import file_sha256, write_bytes, write_json
+from lightning_unlearn.errors import UnlearnError
 
 CHECKPOINT_DIR = "checkpoints"
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UnlearnError, RuntimeError):
     """A mid-request checkpoint does not match its record or the stream being resumed."""
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lightning_unlearn.errors import UnlearnError
 from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES, ConceptKind, PromptTemplates
 
 
-class RequestError(ValueError):
+class RequestError(UnlearnError, ValueError):
     """A request list that cannot be served (unknown concept, wrong kind, duplicate, empty)."""
 
 

@@ -40,6 +40,7 @@ from lightning_unlearn.atomic_io import (
     file_sha256, load_weights, remove_stale_temporaries, save_weights, write_json, write_png, write_text,
 )
 from lightning_unlearn.backbone import TinyWorldBackbone
+from lightning_unlearn.errors import SettingsError, UnlearnError
 from lightning_unlearn.evaluation import ClipZeroShotClassifier, EvaluationSettings, Evaluator, VocabularySubset, score
 from lightning_unlearn.evaluation_cache import evaluate_base, evaluate_counts
 from lightning_unlearn.protocols import (
@@ -59,15 +60,15 @@ RESULT_COLUMNS = (
 )
 
 
-class RunFolderBusyError(RuntimeError):
+class RunFolderBusyError(UnlearnError, RuntimeError):
     """Another process is serving a stream into the same run folder."""
 
 
-class LedgerMismatchError(RuntimeError):
+class LedgerMismatchError(UnlearnError, RuntimeError):
     """A run folder's files do not match its ledger (edited, truncated, or another run's)."""
 
 
-class RequestFailedError(RuntimeError):
+class RequestFailedError(UnlearnError, RuntimeError):
     """A request was stopped (non-finite loss) and not committed; the run folder keeps the
     last good state and records the failure (``FAILED.json``, the ledger's ``failed`` list)."""
 
@@ -202,7 +203,7 @@ class StreamRunner:
 
             classifier = VocabularySubset(TinyWorldClassifier.load(), list(STYLES), list(OBJECTS), vocabulary)
         else:
-            raise ValueError(
+            raise SettingsError(
                 "a real model needs a classifier to score its images: set "
                 "--stream.evaluation.classifier=PATH to a local CLIP folder"
             )

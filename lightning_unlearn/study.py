@@ -33,13 +33,15 @@ from typing import Any
 
 import yaml
 
+from lightning_unlearn.errors import UnlearnError
+
 REPO = Path(__file__).resolve().parents[1]
 STUDY_KEYS = {"root", "common", "report", "runs"}
 RUN_KEYS = {"name", "args"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-class StudyConfigError(ValueError):
+class StudyConfigError(UnlearnError, ValueError):
     """A study config that cannot be run (unknown key, bad or duplicate run name, ...)."""
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lightning_unlearn.atomic_io import load_weights
+from lightning_unlearn.errors import UnlearnError
 
 DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 """The file a diffusers ``save_pretrained`` writes a model's weights to."""
@@ -35,7 +36,7 @@ CONVERT_HINT = (
 )
 
 
-class UnetWeightsError(ValueError):
+class UnetWeightsError(UnlearnError, ValueError):
     """UNet weights that cannot be loaded: missing, pickled, or not fitting this UNet."""
 
 

@@ -86,3 +86,23 @@ def tiny_clip_folder(tmp_path_factory) -> Path:
     )
     CLIPModel(config).save_pretrained(root)
     return root
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(args)`` runs ``train.py ARGS`` in-process expecting a named error, checks that it
+    ends in exit status 2 with one ``error:`` line and no traceback, and returns that line."""
+    from lightning_unlearn.cli import main
+
+    def run(args: list[str]) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("error: "), err
+        return line
+
+    return run

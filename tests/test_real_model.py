@@ -51,8 +51,7 @@ def test_stream_runs_on_a_diffusers_folder_with_clip_scoring(tmp_path, tiny_sd_f
     assert set(metrics["per_style"]) == {"Van Gogh", "Monet", "Cubism"}
 
 
-def test_real_model_without_a_classifier_is_refused(tmp_path, tiny_sd_folder):
-    with pytest.raises(ValueError, match="--stream.evaluation.classifier"):
-        main(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
+def test_real_model_without_a_classifier_is_refused(tmp_path, tiny_sd_folder, cli_error):
+    assert "--stream.evaluation.classifier" in cli_error(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
               f"--model.pretrained={tiny_sd_folder}", "--data.styles=[Van Gogh, Monet]", "--data.objects=[cat]",
               "--data.requests=[Van Gogh]", "--data.steps_per_request=1", f"--stream.run_dir={tmp_path / 'r'}"])
