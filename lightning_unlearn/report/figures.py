@@ -1,7 +1,7 @@
 """The report's figures, drawn with matplotlib's Agg renderer and returned as PNG bytes.
 
 Every function takes plain numbers (no run folders), draws one figure and returns its PNG,
-so ``lightning_unlearn.report`` can embed the same bytes in HTML and write them next to the
+so the report's sections can embed the same bytes in HTML and write them next to the
 Markdown. The pyplot state machine is never touched: each figure is a standalone
 ``matplotlib.figure.Figure`` on an Agg canvas, so nothing here needs a display or leaks figures.
 """

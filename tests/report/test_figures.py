@@ -1,4 +1,4 @@
-"""The report's figure helpers: correlations, grid downscaling and pixel-exact grid placement."""
+"""The report's figures (``report.figures``): correlations, grid downscaling and pixel-exact grid placement."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from lightning_unlearn import report_figures as figs
+from lightning_unlearn.report import figures as figs
 
 
 def test_pearson_on_known_values_and_undefined_cases():

@@ -1,4 +1,4 @@
-"""``train.py report``: on a real two-request stream run folder made by the stream runner."""
+"""``train.py report`` end to end: on a real two-request stream run folder made by the stream runner."""
 
 from __future__ import annotations
 
@@ -18,30 +18,10 @@ import pytest
 from PIL import Image
 
 from lightning_unlearn.cli import main
-from lightning_unlearn.report import GRID_MAX_SIDE, RESULT_HEADERS, RequestRecord, fmt, fmt_norm, grid_max_side, thin_out
+from lightning_unlearn.report.document import fmt, fmt_norm
+from lightning_unlearn.report.sections import RESULT_HEADERS
 
-REPO = Path(__file__).resolve().parents[1]
-# A report needs a real run folder, not good unlearning: as few steps as the runner takes.
-FAST = [
-    "--data.steps_per_request=2", "--data.batch_size=4",
-    "--model.method.init_args.ddim_steps=4", "--model.method.init_args.bank_trajectories=4",
-    "--stream.evaluation.steps=4", "--trainer.enable_model_summary=false",
-    "--data.styles=[Van Gogh, Cartoon, Monet, Pop Art]", "--data.objects=[circle, star, house]",
-]
-
-
-@pytest.fixture(scope="session")
-def stream_run(tmp_path_factory) -> Path:
-    """A real run folder: two ESD style requests on a 4 x 3 corner of the tiny world."""
-    run = tmp_path_factory.mktemp("report") / "esd_two_styles"
-    main(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
-          "--data.requests=[Van Gogh, Cartoon]", f"--stream.run_dir={run}", *FAST])
-    return run
-
-
-def copy_run(run: Path, to: Path) -> Path:
-    shutil.copytree(run, to, ignore=shutil.ignore_patterns("tensorboard", "report"))
-    return to
+REPO = Path(__file__).resolve().parents[2]
 
 
 class PageParser(HTMLParser):
@@ -178,7 +158,7 @@ def test_one_run_report_is_self_contained_and_mirrors_results(stream_run, tmp_pa
     assert not list(out.rglob("*.tmp"))
 
 
-def test_missing_inputs_are_noted_not_fatal(stream_run, tmp_path):
+def test_missing_inputs_are_noted_not_fatal(stream_run, copy_run, tmp_path):
     run = copy_run(stream_run, tmp_path / "bare")
     for name in ("run.json", "drift.json", "semantic.json", "grid.png", "metrics.json"):
         for path in run.rglob(name):
@@ -222,7 +202,7 @@ def write_analyses(run: Path, label: str, protocol: str, callbacks: list[str], s
     return {"drifts": drifts, "points": points}
 
 
-def test_two_runs_compare_protocols_with_drift_and_semantics(stream_run, tmp_path, monkeypatch):
+def test_two_runs_compare_protocols_with_drift_and_semantics(stream_run, copy_run, tmp_path, monkeypatch):
     a = copy_run(stream_run, tmp_path / "seq")
     b = copy_run(stream_run, tmp_path / "sim")
     known_a = write_analyses(a, "sequential ESD", "sequential", [], 1.0)
@@ -257,37 +237,6 @@ def test_two_runs_compare_protocols_with_drift_and_semantics(stream_run, tmp_pat
     md = (out / "report.md").read_text(encoding="utf-8")
     assert markdown_tables(md)["Drift per request"] == [drift["headers"], *drift["rows"]]
 
-
-def test_bad_run_folders_are_named(stream_run, tmp_path):
-    with pytest.raises(SystemExit, match="run folder .*nowhere does not exist"):
-        main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="empty is not a stream run folder: it has no results.json"):
-        main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="given twice"):
-        main(["report", str(stream_run), str(stream_run), "--out", str(tmp_path / "o")])
-    broken = copy_run(stream_run, tmp_path / "broken")
-    (broken / "results.json").write_text("[{\"request\": 0")
-    with pytest.raises(SystemExit, match="results.json is not valid JSON"):
-        main(["report", str(broken), "--out", str(tmp_path / "o")])
-    assert not (tmp_path / "o").exists()
-
-
-def test_large_studies_thin_out_and_shrink_their_grids():
-    requests = [RequestRecord(index=i, concept=f"c{i}", kind="style", folder=None) for i in range(13)]
-    assert thin_out(requests, 20) == requests
-    kept = [r.index for r in thin_out(requests, 5)]
-    assert kept[0] == 0 and kept[-1] == 12 and len(kept) == 5
-    assert grid_max_side(13) == GRID_MAX_SIDE
-    assert GRID_MAX_SIDE // 2 <= grid_max_side(26) < GRID_MAX_SIDE and grid_max_side(500) == GRID_MAX_SIDE // 2
-
-
-def test_help_names_the_arguments(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["report", "--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    assert "RUN_DIR" in text and "--out" in text and "--title" in text
 
 
 def find_chromium() -> str | None:
