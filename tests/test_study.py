@@ -39,12 +39,13 @@ def test_shipped_study_configs_parse_and_name_existing_configs():
         study = Study.load(path)
         assert {"sequential", "simultaneous", "independent_ties", "projection_topk"} <= {r.name for r in study.runs}
         for run in study.runs:
-            config = run.args[run.args.index("--config") + 1]
-            assert Path(config).is_file(), f"{path}: {run.name} names a missing {config}"
-            for arg in run.args:
-                if arg.startswith("--trainer.callbacks+=") and arg.endswith(".yaml"):
-                    callback = arg.split("=", 1)[1]
-                    assert Path(callback).is_file(), f"{path}: {run.name} names a missing {callback}"
+            # a base config, then maybe a protocol overlay (a second --config) and callback overlays
+            configs = [run.args[i + 1] for i, arg in enumerate(run.args) if arg == "--config"]
+            configs += [arg.split("=", 1)[1] for arg in run.args
+                        if arg.startswith("--trainer.callbacks+=") and arg.endswith(".yaml")]
+            assert configs and run.args[0] == "--config", f"{path}: {run.name} does not start from a base config"
+            for config in configs:
+                assert Path(config).is_file(), f"{path}: {run.name} names a missing {config}"
 
 
 def test_a_study_runs_each_stream_in_its_folder_and_skips_finished_ones(tmp_path, capfd):

@@ -31,8 +31,11 @@ def test_projection_topk_and_two_anchors_from_yaml_files_run_one_stream(tmp_path
     monkeypatch.setattr(StreamRunner, "run", spy)
     run = tmp_path / "run"
     main([
-        "unlearn", "--config", "configs/tinyworld/esd_styles_sequential_projection_topk.yaml",
-        # edits the last callback so far: the study config's SelectiveFineTuning
+        # the study's projection_topk run: the base, then two overlays stacked after its DriftRecorder
+        "unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
+        "--trainer.callbacks+=configs/callbacks/projection_update.yaml",
+        "--trainer.callbacks+=configs/callbacks/topk.yaml",
+        # edits the last callback so far: the SelectiveFineTuning just added
         "--trainer.callbacks.init_args.importance_batches=1",
         "--trainer.callbacks+=configs/callbacks/l2.yaml",
         "--trainer.callbacks+=configs/callbacks/l1.yaml",
@@ -40,7 +43,7 @@ def test_projection_topk_and_two_anchors_from_yaml_files_run_one_stream(tmp_path
     ])
     trainer = seen["trainer"]
     stack = [cb for cb in trainer.callbacks if isinstance(cb, RequestCallback)]
-    # The study config's DriftRecorder comes first; the stack follows in file, then CLI order.
+    # The base config's DriftRecorder comes first; the overlays follow in CLI order.
     assert type(stack[0]) is DriftRecorder
     stack = stack[1:]
     assert [type(cb) for cb in stack] == [GradientProjection, SelectiveFineTuning, AnchorRegularizer, AnchorRegularizer]

@@ -1,0 +1,118 @@
+"""Configs compose: every tiny-world study run is one base config per stream plus overlays
+(configs/protocols/ with a second --config, configs/{,tinyworld/}callbacks/ with
+--trainer.callbacks+=). Each run is resolved by the real ``train.py unlearn`` parser, not run, and
+must be its base plus exactly what its name says: the table below pins the callbacks and their
+weights that the per-regularizer configs used to spell out in full."""
+
+from pathlib import Path
+
+import pytest
+
+import lightning_unlearn.stream as stream
+from lightning_unlearn.study import Study
+
+# Run name -> the callbacks after the base's DriftRecorder, as (class, the init_args that matter).
+# The ESD anchors carry ESD-scaled weights, the CA ones CA-scaled (see the overlay files).
+PROJECTION_GRADIENT = ("GradientProjection",
+                       {"mode": "gradient", "similarity_threshold": 0.3, "protect_unlearned": True})
+PROJECTION_UPDATE = ("GradientProjection", {"mode": "update", "similarity_threshold": 0.3, "protect_unlearned": True})
+TOPK = ("SelectiveFineTuning", {"top_k": 0.05, "importance_batches": 8})
+
+
+def anchor(kind, weight):
+    return "AnchorRegularizer", {"kind": kind, "weight": weight, "reference": "previous"}
+
+
+CALLBACKS = {
+    "sequential": [], "simultaneous": [], "independent_ties": [],
+    "l1": [anchor("l1", 0.016)], "l2": [anchor("l2", 1.6)], "topk": [TOPK],
+    "projection_gradient": [PROJECTION_GRADIENT], "projection_update": [PROJECTION_UPDATE],
+    "projection_topk": [PROJECTION_UPDATE, TOPK],  # top-k last: its frozen elements stay exact
+    "projection_l1": [anchor("l1", 0.016), PROJECTION_UPDATE],
+    "ca_sequential": [],
+    "ca_l1": [anchor("l1", 1.41)], "ca_l2": [anchor("l2", 705.0)], "ca_topk": [TOPK],
+    "ca_projection_gradient": [PROJECTION_GRADIENT], "ca_projection_update": [PROJECTION_UPDATE],
+    "ca_projection_topk": [PROJECTION_UPDATE, TOPK],
+    "ca_independent_ties": [], "ca_simultaneous": [],
+}
+SEQUENTIAL = {"protocol": "sequential", "merge": None, "simultaneous": {"check_every_n_steps": 50, "max_steps": 1000}}
+PROTOCOLS = {
+    "simultaneous": {"protocol": "simultaneous", "merge": None,
+                     "simultaneous": {"check_every_n_steps": 50, "max_steps": 300}},
+    "independent_ties": {"protocol": "independent", "merge": {"method": "ties", "lambda_": 2.0, "top_k": 0.2},
+                         "simultaneous": {"check_every_n_steps": 50, "max_steps": 1000}},
+}
+METHODS = {"esd": ("lightning_unlearn.methods.ESD", "esd-x"),
+           "ca": ("lightning_unlearn.methods.ConceptAblation", "kv-xattn")}
+
+
+class _ParserCaught(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def resolve():
+    """``args`` -> the fully resolved unlearn config as a dict, by the parser ``unlearn()`` builds
+    (same trainer defaults and parser options), built once: a fresh one per run costs ~0.2 s."""
+    caught = {}
+
+    class Catch(stream.UnlearnCLI):
+        def parse_arguments(self, parser, args):
+            caught["parser"] = parser
+            raise _ParserCaught
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stream, "UnlearnCLI", Catch)
+        with pytest.raises(_ParserCaught):
+            stream.unlearn([])
+    return lambda args: caught["parser"].parse_args(list(args)).as_dict()
+
+
+def _callbacks(config):
+    return [(c["class_path"].rsplit(".", 1)[1], c.get("init_args") or {}) for c in config["trainer"]["callbacks"]]
+
+
+def _without_overlaid_keys(config):
+    """The config less what an overlay may change (callbacks, protocol keys), the run folder and
+    the list of --config files read."""
+    trainer = {k: v for k, v in config["trainer"].items() if k != "callbacks"}
+    kept = {k: v for k, v in config["stream"].items() if k not in ("run_dir", "protocol", "merge", "simultaneous")}
+    return {**{k: v for k, v in config.items() if k != "config"}, "trainer": trainer, "stream": kept}
+
+
+@pytest.mark.parametrize("stream_kind", ["styles", "objects"])
+def test_every_study_run_is_its_base_plus_the_overlays_its_name_says(resolve, stream_kind):
+    study = Study.load(Path(f"configs/tinyworld/study_{stream_kind}.yaml"))
+    assert [r.name for r in study.runs] == list(CALLBACKS), "runs added, renamed or reordered: update the table"
+    bases = {m: resolve(["--config", f"configs/tinyworld/{m}_{stream_kind}_sequential.yaml"]) for m in METHODS}
+    for run in study.runs:
+        config = resolve([*run.args, *study.common, f"--stream.run_dir={study.run_dir(run)}"])
+        method = "ca" if run.name.startswith("ca_") else "esd"
+        where = f"study_{stream_kind}/{run.name}"
+        assert (config["model"]["method"]["class_path"], config["model"]["trainable"]) == METHODS[method], where
+        drift, *stack = _callbacks(config)
+        assert drift[0] == "DriftRecorder", f"{where}: the base's DriftRecorder was dropped"
+        assert [cls for cls, _ in stack] == [cls for cls, _ in CALLBACKS[run.name]], where
+        for (cls, got), (_, want) in zip(stack, CALLBACKS[run.name]):
+            assert {k: got[k] for k in want} == want, f"{where}: {cls}"
+        protocol = PROTOCOLS.get(run.name.removeprefix("ca_"), SEQUENTIAL)
+        got = config["stream"]
+        assert got["protocol"] == protocol["protocol"] and got["merge"] == protocol["merge"], where
+        assert {k: got["simultaneous"][k] for k in protocol["simultaneous"]} == protocol["simultaneous"], where
+        assert got["run_dir"] == str(study.run_dir(run))
+        # Whatever the overlays do not name is the base's: a protocol overlay keeps the base's
+        # evaluation settings, data, model and trainer options.
+        assert _without_overlaid_keys(config) == _without_overlaid_keys(bases[method]), where
+
+
+def test_a_stream_overlay_changes_only_the_keys_it_names(resolve):
+    base = resolve(["--config", "configs/tinyworld/ca_objects_sequential.yaml", "--stream.evaluation.steps=3"])
+    both = resolve(["--config", "configs/tinyworld/ca_objects_sequential.yaml", "--stream.evaluation.steps=3",
+                    "--config", "configs/protocols/independent_ties.yaml",
+                    "--config", "configs/protocols/simultaneous.yaml"])
+    # The second protocol overlay sets the protocol and the simultaneous cap, and leaves the merge
+    # settings the first one wrote; the base's stream keys and a command-line edit survive both.
+    assert both["stream"]["protocol"] == "simultaneous" and both["stream"]["simultaneous"]["max_steps"] == 300
+    assert both["stream"]["merge"] == PROTOCOLS["independent_ties"]["merge"]
+    assert both["stream"]["evaluation"] == base["stream"]["evaluation"] and both["stream"]["evaluation"]["steps"] == 3
+    assert both["stream"]["run_dir"] == base["stream"]["run_dir"] == "runs/ca_objects_sequential"
