@@ -5,8 +5,8 @@ never needs to know whether it runs the tiny world or a Stable Diffusion folder:
 
 - :class:`TinyWorldBackbone`: the shipped tiny UNet, MiniLM token states, and a lossless
   pixel fold (2 x 2 blocks into channels) as the "VAE".
-- :class:`DiffusersBackbone`: any diffusers-format Stable Diffusion folder (UNet, VAE, CLIP
-  text encoder + tokenizer, scheduler), loaded from disk only.
+- :class:`DiffusersBackbone`: a diffusers-format Stable Diffusion (1.x / 2.x) folder (UNet, VAE,
+  CLIP text encoder + tokenizer, scheduler), loaded from disk only, from safetensors only.
 """
 
 from __future__ import annotations
@@ -22,13 +22,42 @@ from torch import nn
 
 from lightning_unlearn.atomic_io import load_weights
 from lightning_unlearn.errors import UnlearnError
+from lightning_unlearn.unet_weights import CONVERT_HINT, PICKLED_SUFFIXES
 
 TINY_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 """Where the tiny world's pretrained UNet and classifier ship."""
 
 
 class ModelPathError(UnlearnError, ValueError):
-    """A ``--model.pretrained`` path that does not exist or is not a diffusers folder."""
+    """A model folder (``--model.pretrained``, ``--stream.evaluation.classifier``) that does not
+    exist, is not a pipeline this project supports, or holds pickled weights only."""
+
+
+SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "Stable Diffusion 1.x / 2.x"}
+"""``_class_name`` values of ``model_index.json`` the diffusers backbone serves. Other families
+(SDXL's second text encoder and size conditioning, SD3 / Flux / PixArt / Sana transformers)
+would load partly and crash mid-run, so they are refused up front."""
+
+PIPELINE_WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+"""Components of a Stable Diffusion folder that hold weights, and the stem of their weights file
+(diffusers models: ``diffusion_pytorch_model``; transformers models: ``model``)."""
+
+
+def check_safetensors_weights(folder: Path, stem: str) -> None:
+    """A :class:`ModelPathError` unless ``folder`` holds ``STEM.safetensors`` (or its shard index).
+
+    Checked before any ``from_pretrained``: a folder with pickled weights only (``.bin``,
+    ``.ckpt``, ...) is refused by name, with the conversion hint, and never opened.
+    """
+    if (folder / f"{stem}.safetensors").is_file() or (folder / f"{stem}.safetensors.index.json").is_file():
+        return
+    pickled = sorted(p for p in folder.iterdir() if p.suffix in PICKLED_SUFFIXES) if folder.is_dir() else []
+    if pickled:
+        raise ModelPathError(
+            f"{pickled[0]} is a pickled checkpoint and {folder} has no {stem}.safetensors; pickled weights "
+            f"are never unpickled; {CONVERT_HINT}"
+        )
+    raise ModelPathError(f"{folder} has no weights this project can load: it lacks {stem}.safetensors")
 
 
 class Backbone(nn.Module):
@@ -142,23 +171,49 @@ class TinyWorldBackbone(Backbone):
         return F.pixel_shuffle(latents, self.fold)
 
 
+def check_clip_folder(path: str | Path) -> Path:
+    """Return ``path`` if it is a local transformers CLIP folder with safetensors weights, else a
+    named error (``--stream.evaluation.classifier``). Nothing is loaded yet."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelPathError(f"CLIP classifier folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelPathError(f"CLIP classifier folder {path} is not a transformers model folder: it has no config.json")
+    check_safetensors_weights(path, "model")
+    return path
+
+
 def check_diffusers_folder(path: str | Path) -> Path:
-    """Return ``path`` if it holds a diffusers Stable Diffusion pipeline, else a named error."""
+    """Return ``path`` if it holds a supported diffusers pipeline with safetensors weights, else a
+    named error. Reads only ``model_index.json`` and file names: nothing is loaded yet."""
     path = Path(path)
     if not path.exists():
         raise ModelPathError(f"model path {path} does not exist")
     if not (path / "model_index.json").is_file():
         raise ModelPathError(f"model path {path} is not a diffusers folder: it has no model_index.json")
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelPathError(f"{path / 'model_index.json'} is not valid JSON: {err}") from None
+    family = index.get("_class_name") if isinstance(index, dict) else None
+    if family not in SUPPORTED_PIPELINES:
+        supported = ", ".join(f"{name} ({what})" for name, what in SUPPORTED_PIPELINES.items())
+        raise ModelPathError(
+            f"{path} holds a {family or 'pipeline of unnamed class'} (model_index.json _class_name), which this "
+            f"project does not support; supported: {supported}"
+        )
     needed = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-    index = json.loads((path / "model_index.json").read_text())
     lacking = [name for name in needed if name not in index or not (path / name).is_dir()]
     if lacking:
         raise ModelPathError(f"diffusers folder {path} lacks the components {lacking}")
+    for component, stem in PIPELINE_WEIGHTS.items():
+        check_safetensors_weights(path / component, stem)
     return path
 
 
 class DiffusersBackbone(Backbone):
-    """A Stable Diffusion (1.x first) folder: UNet, VAE, CLIP text encoder + tokenizer, scheduler."""
+    """A Stable Diffusion 1.x / 2.x folder (``StableDiffusionPipeline``): UNet, VAE, CLIP text
+    encoder + tokenizer, scheduler; weights from safetensors only (pickled folders are refused)."""
 
     def __init__(self, pretrained: str | Path, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -166,10 +221,16 @@ class DiffusersBackbone(Backbone):
         from transformers import CLIPTextModel, CLIPTokenizer
 
         path = check_diffusers_folder(pretrained)
-        self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True, torch_dtype=dtype)
+        # use_safetensors=True: diffusers and transformers would otherwise fall back to unpickling
+        # a .bin; the folder check above has already refused such folders by name.
+        self.unet = UNet2DConditionModel.from_pretrained(
+            path, subfolder="unet", local_files_only=True, use_safetensors=True
+        )
+        vae = AutoencoderKL.from_pretrained(
+            path, subfolder="vae", local_files_only=True, torch_dtype=dtype, use_safetensors=True
+        )
         text_encoder = CLIPTextModel.from_pretrained(
-            path, subfolder="text_encoder", local_files_only=True, torch_dtype=dtype
+            path, subfolder="text_encoder", local_files_only=True, torch_dtype=dtype, use_safetensors=True
         )
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
         vae.requires_grad_(False).eval()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
 
-from lightning_unlearn.backbone import Backbone
+from lightning_unlearn.backbone import Backbone, check_clip_folder
 from lightning_unlearn.requests import ConceptVocabulary, Request
 from lightning_unlearn.sampling import SAMPLERS, TextCondition, guided_sample
 
@@ -45,7 +45,8 @@ class EvaluationSettings:
     seed: int = 1234
     """Seed of the evaluation noise (the same for every checkpoint of a run)."""
     classifier: str | None = None
-    """A local CLIP folder for zero-shot scoring; unset = the tiny world's classifier."""
+    """A local CLIP folder for zero-shot scoring (transformers format, ``model.safetensors``;
+    pickled ``pytorch_model.bin`` folders are refused); unset = the tiny world's classifier."""
     reuse_base: bool = True
     """Evaluate the base model once per (base weights, text encoder, these settings, vocabulary,
     classifier, precision) and reuse the result in every later run (``requests/00-base``)."""
@@ -60,6 +61,9 @@ class EvaluationSettings:
                 "evaluation steps, batch_size and seeds_per_prompt must be at least 1, got "
                 f"{self.steps}, {self.batch_size}, {self.seeds_per_prompt}"
             )
+        if self.classifier:
+            # Refused here, when the settings are read: before the run folder or any file exists.
+            check_clip_folder(self.classifier)
 
 
 class ClipZeroShotClassifier(nn.Module):
@@ -69,10 +73,10 @@ class ClipZeroShotClassifier(nn.Module):
         super().__init__()
         from transformers import CLIPModel, CLIPTokenizer
 
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"CLIP classifier folder {path} does not exist")
-        self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        path = check_clip_folder(path)
+        # use_safetensors=True: never fall back to unpickling a pytorch_model.bin.
+        self.model = CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+        self.model.eval().requires_grad_(False)
         tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)
         self.image_size = int(self.model.config.vision_config.image_size)
         self.register_buffer("mean", torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1))

@@ -10,6 +10,11 @@ tau_i = theta_i - theta_0 over the trained keys. The merges:
   trimmed tau_i, and tau_m is the mean of the trimmed entries that are non-zero and agree
   with the elected sign (the "disjoint mean").
 
+TIES trims *globally* by default, as the official TIES code does: the top-k fraction is taken
+over all of a task vector's tensors flattened together, so a tensor whose changes are small
+next to the others' may keep few or none of its entries. ``scope="per_tensor"`` keeps the top-k
+fraction of every tensor instead.
+
 Pure functions on ``{key: tensor}`` dicts; arithmetic in float32, results in theta_0's dtype.
 """
 
@@ -23,6 +28,11 @@ import torch
 from lightning_unlearn.topk import count_for_fraction, global_topk_masks
 
 State = dict[str, torch.Tensor]
+
+TrimScope = Literal["global", "per_tensor"]
+"""Where TIES ranks magnitudes: over the whole task vector, or within each tensor."""
+
+TRIM_SCOPES = ("global", "per_tensor")
 
 
 def _keys(base: State, checkpoints: Sequence[State], keys: Iterable[str] | None) -> list[str]:
@@ -67,24 +77,24 @@ def merge_task_arithmetic(
     return _apply(base, {k: lambda_ * torch.stack([t[k] for t in taus]).sum(0) for k in taus[0]})
 
 
-def trim_top_k(tau: State, top_k: float, scope: Literal["global", "tensor"] = "global") -> State:
+def trim_top_k(tau: State, top_k: float, scope: TrimScope = "global") -> State:
     """Zero all but the top-k fraction of |tau| (exactly round(top_k * N) entries, ties by position).
 
-    ``global`` ranks over all keys of the task vector together (TIES); ``tensor`` keeps the
-    fraction within each tensor.
+    ``global`` ranks over all keys of the task vector together (official TIES; N = all its
+    entries); ``per_tensor`` keeps round(top_k * n) entries of each tensor of n entries.
     """
     keys = list(tau)
     if scope == "global":
         total = sum(tau[k].numel() for k in keys)
         masks = global_topk_masks([tau[k].abs() for k in keys], count_for_fraction(top_k, total))
-    elif scope == "tensor":
+    elif scope == "per_tensor":
         masks = [global_topk_masks([tau[k].abs()], count_for_fraction(top_k, tau[k].numel()))[0] for k in keys]
     else:
-        raise ValueError(f"scope must be 'global' or 'tensor', got {scope!r}")
+        raise ValueError(f"trim scope must be one of {TRIM_SCOPES}, got {scope!r}")
     return {k: torch.where(m, tau[k], torch.zeros_like(tau[k])) for k, m in zip(keys, masks)}
 
 
-def ties_delta(taus: Sequence[State], top_k: float, scope: Literal["global", "tensor"] = "global") -> State:
+def ties_delta(taus: Sequence[State], top_k: float, scope: TrimScope = "global") -> State:
     """Trim, elect sign, disjoint mean: the merged task vector before scaling."""
     trimmed = [trim_top_k(t, top_k, scope) for t in taus]
     merged: State = {}
@@ -105,7 +115,7 @@ def merge_ties(
     lambda_: float = 1.0,
     top_k: float = 0.2,
     keys: Iterable[str] | None = None,
-    scope: Literal["global", "tensor"] = "global",
+    scope: TrimScope = "global",
 ) -> State:
     """TIES merge: theta_0 + lambda * disjoint_mean(elect_sign(trim_top_k(tau_i))).
 
@@ -115,7 +125,8 @@ def merge_ties(
         lambda_: scale of the merged task vector (reference sweeps 1.25-2.75).
         top_k: fraction of each task vector's entries kept by magnitude (reference 0.2-0.8).
         keys: the trained keys to merge (default: the first checkpoint's keys).
-        scope: rank magnitudes over the whole task vector (``global``) or per tensor.
+        scope: rank magnitudes over the whole task vector (``global``, the official TIES
+            code's trim) or within each tensor (``per_tensor``).
     """
     taus = task_vectors(base, checkpoints, keys)
     delta = ties_delta(taus, top_k, scope)

@@ -20,7 +20,8 @@ from typing import Literal
 
 import torch
 
-from lightning_unlearn.merging import merge_task_arithmetic, merge_ties, merge_uniform
+from lightning_unlearn.errors import SettingsError
+from lightning_unlearn.merging import TRIM_SCOPES, TrimScope, merge_task_arithmetic, merge_ties, merge_uniform
 from lightning_unlearn.requests import Request
 
 ProtocolName = Literal["sequential", "simultaneous", "independent"]
@@ -43,14 +44,30 @@ class SimultaneousSettings:
 
 @dataclass
 class MergeSettings:
-    """How the independent protocol merges its task vectors (see ``lightning_unlearn.merging``)."""
+    """Merging of independent task vectors; TIES keeps the top_k over all tensors (official TIES) or per_tensor.
+
+    TIES trims each task vector to its ``top_k`` largest magnitudes globally, over all of its
+    tensors together, as the official TIES code does: a tensor whose changes are small next to
+    the others' may keep none. ``trim_scope=per_tensor`` keeps the top_k fraction of every
+    tensor instead. See ``lightning_unlearn.merging``.
+    """
 
     method: Literal["uniform", "task_arithmetic", "ties"] = "ties"
     """``uniform`` (mean of checkpoints), ``task_arithmetic`` (lambda * sum) or ``ties``."""
     lambda_: float = 1.0
     """Scale of the summed (task arithmetic) or merged (TIES) task vector."""
     top_k: float = 0.2
-    """TIES: fraction of each task vector kept by magnitude."""
+    """TIES: fraction of each task vector kept by magnitude (see ``trim_scope``)."""
+    trim_scope: TrimScope = "global"
+    """TIES: where the top-k is taken. ``global`` (as the official TIES code): over all of a
+    task vector's tensors together, so a tensor with small changes may keep few or none;
+    ``per_tensor``: the top-k fraction of every tensor."""
+
+    def __post_init__(self) -> None:
+        # The command line checks the choice itself; this catches settings built in Python,
+        # which would otherwise fail only at the first merge, after training.
+        if self.trim_scope not in TRIM_SCOPES:
+            raise SettingsError(f"merge trim_scope must be one of {', '.join(TRIM_SCOPES)}, got {self.trim_scope!r}")
 
     def merge(self, base: dict[str, torch.Tensor], checkpoints: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """theta_0 + the merged task vectors of ``checkpoints`` (each trained from ``base``)."""
@@ -59,7 +76,7 @@ class MergeSettings:
         if self.method == "task_arithmetic":
             return merge_task_arithmetic(base, checkpoints, lambda_=self.lambda_)
         if self.method == "ties":
-            return merge_ties(base, checkpoints, lambda_=self.lambda_, top_k=self.top_k)
+            return merge_ties(base, checkpoints, lambda_=self.lambda_, top_k=self.top_k, scope=self.trim_scope)
         raise ValueError(f"merge method must be uniform, task_arithmetic or ties, got {self.method!r}")
 
 

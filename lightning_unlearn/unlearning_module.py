@@ -49,7 +49,10 @@ class UnlearningModule(LightningModule):
         """
         Args:
             method: the unlearning loss (default: ``ESD()``).
-            pretrained: a diffusers-format Stable Diffusion folder; unset = the tiny world.
+            pretrained: a diffusers-format Stable Diffusion 1.x / 2.x folder (``model_index.json``
+                ``_class_name`` StableDiffusionPipeline; SDXL, SD3, Flux, PixArt, Sana and other
+                families are refused) with safetensors weights (pickled ``.bin`` folders are
+                refused, never unpickled); unset = the tiny world.
             unet_weights: UNet weights to start from instead of the backbone's (either world): a
                 diffusers UNet folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) or
                 a safetensors state dict, full or only some keys (e.g. trained cross-attention).

@@ -2,6 +2,7 @@ import math
 
 import torch
 
+from lightning_unlearn.cli import main  # noqa: F401  (imports Lightning at collection: its log handler binds the session's stderr)
 from lightning_unlearn.evaluation import UnlearningScores, score
 from lightning_unlearn.requests import ConceptVocabulary, Request
 
@@ -57,3 +58,31 @@ def test_vocabulary_subset_selects_classifier_columns_by_name():
     assert s[0].tolist() == [3.0, 1.0] and o[0].tolist() == [1.0, 5.0]
     with pytest.raises(ValueError, match="does not know the concepts \\['q'\\]"):
         VocabularySubset(Fixed(), ["a"], ["x"], ConceptVocabulary(styles=["q"], objects=["x"]))
+
+
+def test_a_clip_classifier_with_pickled_weights_is_refused_before_any_file(tiny_clip_folder, tmp_path, cli_error):
+    import shutil
+
+    import pytest
+
+    from lightning_unlearn.backbone import ModelPathError
+    from lightning_unlearn.evaluation import ClipZeroShotClassifier, EvaluationSettings
+
+    # As transformers < 5 saved it with safe_serialization=False: pytorch_model.bin, no model.safetensors.
+    pickled = tmp_path / "clip-bin"
+    shutil.copytree(tiny_clip_folder, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save({"logit_scale": torch.zeros(())}, pickled / "pytorch_model.bin")
+    with pytest.raises(ModelPathError, match=r"pytorch_model\.bin is a pickled checkpoint .* never unpickled; convert"):
+        EvaluationSettings(classifier=str(pickled))
+    with pytest.raises(ModelPathError, match="never unpickled"):
+        ClipZeroShotClassifier(pickled, VOCAB)
+    with pytest.raises(ModelPathError, match="does not exist"):
+        EvaluationSettings(classifier=str(tmp_path / "nowhere"))
+    run = tmp_path / "run"
+    line = cli_error(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml", f"--stream.run_dir={run}",
+                      f"--stream.evaluation.classifier={pickled}", "--data.requests=[Van Gogh]"])
+    assert str(pickled / "pytorch_model.bin") in line and "convert it once" in line
+    assert not run.exists()
+    # The safetensors folder itself still loads.
+    assert ClipZeroShotClassifier(tiny_clip_folder, VOCAB)(torch.zeros(1, 3, 16, 16))[0].shape == (1, 3)

@@ -100,6 +100,7 @@ def test_independent_with_ties_merge_evaluates_the_merge_of_the_task_vectors(tmp
         ((100 - metrics["per_style"]["Van Gogh"]) + (100 - metrics["per_style"]["Cartoon"])) / 2)
     run_json = json.loads((tmp_path / "ind/run.json").read_text())
     assert run_json["protocol"] == "independent" and run_json["merge"]["method"] == "ties"
+    assert run_json["merge"]["trim_scope"] == "global"
 
 
 def test_merging_needs_the_independent_protocol(tmp_path):
@@ -127,3 +128,21 @@ def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_ties_trim_scope_is_a_command_line_option_and_its_help_says_the_trim_is_global(tmp_path, capsys):
+    from datamodules.concept_stream import ConceptStreamDataModule
+    from lightning_unlearn.stream import UnlearnCLI
+    from lightning_unlearn.unlearning_module import UnlearningModule
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["unlearn", "--stream.merge.help", "MergeSettings"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--stream.merge.trim_scope {global,per_tensor}" in out
+    assert "TIES keeps the top_k over all tensors (official TIES) or per_tensor" in out
+    cli = UnlearnCLI(UnlearningModule, ConceptStreamDataModule, run=False, args=[
+        "--config", "configs/tinyworld/esd_styles_sequential.yaml", f"--stream.run_dir={tmp_path / 'run'}",
+        "--stream.protocol=independent", "--stream.merge.method=ties", "--stream.merge.trim_scope=per_tensor"])
+    assert cli.config_init.stream.merge == MergeSettings("ties", trim_scope="per_tensor")
+    assert not (tmp_path / "run").exists()

@@ -1,7 +1,9 @@
 """Audit: nothing in the project unpickles what it reads.
 
 Weights are safetensors; the only pickle-based reader allowed is ``torch.load(...,
-weights_only=True)`` (tensors and primitive containers only, no code). The scan parses every
+weights_only=True)`` (tensors and primitive containers only, no code), and every model
+``from_pretrained`` passes ``use_safetensors=True`` (diffusers and transformers would otherwise
+fall back to unpickling a ``.bin``; tokenizers and schedulers hold no pickles). The scan parses every
 Python source of the package, the CLI, benchmarks and scripts, so a call split over lines or
 written as ``from torch import load`` is caught as well.
 """
@@ -40,6 +42,10 @@ def unsafe_loads(source: str, filename: str = "<source>") -> list[str]:
                 problems.append(f"{filename}:{node.lineno}: {name}(...) without weights_only=True")
         if name.split(".")[0] in UNPICKLERS:
             problems.append(f"{filename}:{node.lineno}: {name}(...)")
+        if name.endswith(".from_pretrained") and "Tokenizer" not in name and "Scheduler" not in name:
+            flag = keywords.get("use_safetensors")
+            if not (isinstance(flag, ast.Constant) and flag.value is True):
+                problems.append(f"{filename}:{node.lineno}: {name}(...) without use_safetensors=True")
         flag = keywords.get("allow_pickle")
         if flag is not None and not (isinstance(flag, ast.Constant) and flag.value is False):
             problems.append(f"{filename}:{node.lineno}: {name}(..., allow_pickle=...)")
@@ -74,6 +80,10 @@ d = pickle.loads(blob)
 e = np.load(path, allow_pickle=True)
 f = Model.load_from_checkpoint(path)
 ok = torch.load(path, weights_only=True)
+g = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+h = CLIPModel.from_pretrained(path, use_safetensors=False)
+ok = CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+ok = CLIPTokenizer.from_pretrained(path)
 """
     problems = unsafe_loads(bad)
-    assert [int(p.split(":")[1]) for p in problems] == [2, 5, 6, 8, 9, 10, 11], problems
+    assert [int(p.split(":")[1]) for p in problems] == [2, 5, 6, 8, 9, 10, 11, 13, 14], problems

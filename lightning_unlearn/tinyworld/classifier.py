@@ -17,6 +17,7 @@ from torch import nn
 
 from lightning_unlearn.atomic_io import load_weights, save_weights, write_json
 from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
+from lightning_unlearn.tinyworld.model_card import card_hyperparameters
 
 DEFAULT_CLASSIFIER_PATH = Path(__file__).resolve().parents[1] / "weights" / "tiny_classifier.safetensors"
 
@@ -69,7 +70,8 @@ class ClassifierPretraining(LightningModule):
         Args:
             lr: peak learning rate.
             weight_decay: AdamW weight decay.
-            export_path: where the trained weights (safetensors) and card (.json) are written.
+            export_path: where the trained weights (safetensors) and card (.json) are written
+                (not recorded in the card: it is a path on the training machine).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -99,7 +101,7 @@ class ClassifierPretraining(LightningModule):
                 "styles": list(STYLES),
                 "objects": list(OBJECTS),
                 "recipe": "python train.py pretrain --config configs/tinyworld/pretrain_classifier.yaml",
-                "hyperparameters": dict(self.hparams),
+                "hyperparameters": card_hyperparameters(self.hparams),
                 "data_seed": self.trainer.datamodule.seed,
                 "batch_size": self.trainer.datamodule.batch_size,
                 "steps": self.global_step,

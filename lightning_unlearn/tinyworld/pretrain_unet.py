@@ -20,6 +20,7 @@ from lightning_unlearn.atomic_io import save_weights, write_json
 from lightning_unlearn.sampling import TextCondition, ddim_sample
 from lightning_unlearn.tinyworld.classifier import DEFAULT_CLASSIFIER_PATH, TinyWorldClassifier
 from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES, PromptTemplates
+from lightning_unlearn.tinyworld.model_card import card_hyperparameters
 from lightning_unlearn.tinyworld.unet import TINY_UNET_CONFIG, build_tiny_unet
 
 
@@ -54,7 +55,8 @@ class TinyUNetPretraining(LightningModule):
             eval_steps: DDIM steps when sampling the validation grid.
             eval_guidance: classifier-free guidance scale of the validation samples.
             eval_seed: seed of the validation grid's noise.
-            export_dir: folder the EMA weights and card are written to.
+            export_dir: folder the EMA weights and card are written to (not recorded in the
+                card: it is a path on the training machine).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -175,7 +177,7 @@ class TinyUNetPretraining(LightningModule):
                 "noise_schedule": self.backbone.scheduler_config,
                 "captions": vars(self.templates),
                 "recipe": "python train.py pretrain --config configs/tinyworld/pretrain.yaml",
-                "hyperparameters": {k: v for k, v in self.hparams.items() if not k.startswith("_")},
+                "hyperparameters": card_hyperparameters(self.hparams),
                 "data_seed": self.trainer.datamodule.seed,
                 "batch_size": self.trainer.datamodule.batch_size,
                 "steps": self.global_step,

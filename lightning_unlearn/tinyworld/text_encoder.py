@@ -39,7 +39,8 @@ class MiniLMTextEncoder(nn.Module):
 
         path = minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True)
+        # The package ships model.safetensors; never fall back to a pickled pytorch_model.bin.
+        self.model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
         self.model.requires_grad_(False).eval()
         self.max_tokens = max_tokens
 

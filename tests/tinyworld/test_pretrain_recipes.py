@@ -16,6 +16,9 @@ def test_classifier_recipe_exports_weights_and_card(tmp_path):
     assert load_file(str(out))
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["steps"] == 2 and set(card["heldout_accuracy"]) == {"val/style_acc", "val/object_acc"}
+    # The card ships with the weights: it records the recipe, not where this machine wrote them.
+    assert card["hyperparameters"] == {"lr": 0.002, "weight_decay": 0.0001}
+    assert str(tmp_path) not in out.with_suffix(".json").read_text()
 
 
 def test_unet_recipe_samples_scores_and_exports(tmp_path):
@@ -28,5 +31,7 @@ def test_unet_recipe_samples_scores_and_exports(tmp_path):
     assert any(".attn2.to_k." in k for k in weights)
     card = json.loads((tmp_path / "tiny_unet.json").read_text())
     assert card["steps"] == 2 and 0.0 <= card["sample_accuracy"]["sample_object_acc"] <= 1.0
+    assert "export_dir" not in card["hyperparameters"] and card["hyperparameters"]["eval_steps"] == 2
+    assert str(tmp_path) not in (tmp_path / "tiny_unet.json").read_text()
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     assert not list(tmp_path.glob("*.tmp"))

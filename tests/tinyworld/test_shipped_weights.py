@@ -31,3 +31,27 @@ def test_base_unet_samples_are_recognised_as_the_card_says():
     metrics = score(evaluator.counts(evaluator.sample(backbone.unet)), ConceptVocabulary(), [], {"style"})
     assert metrics["style_acc"] >= 90.0 and metrics["object_acc"] >= 90.0
     assert card["sample_accuracy"]["sample_style_acc"] >= 0.9 and card["sample_accuracy"]["sample_object_acc"] >= 0.9
+
+
+def _strings(value):
+    """Every string (keys and values) inside a parsed JSON document."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def test_no_shipped_card_records_a_path_of_the_training_machine():
+    from lightning_unlearn.tinyworld.model_card import is_machine_path
+
+    cards = sorted(TINY_WEIGHTS_DIR.glob("*.json"))
+    assert [c.name for c in cards] == ["tiny_classifier.json", "tiny_unet.json"]
+    for card in cards:
+        strings = list(_strings(json.loads(card.read_text())))
+        machine = [s for s in strings if is_machine_path(s) or any(d in s for d in ("/root/", "/home/", "/work/", "/tmp/"))]
+        assert not machine, f"{card.name} records machine paths: {machine}"
