@@ -3,16 +3,39 @@
     L = || eps_theta(x_t, t, c) - sg[ e0 - eta * (ep - e0) ] ||^2,
     e0 = eps_ref(x_t, t, ""),  ep = eps_ref(x_t, t, c),
 
-where x_t lies on the frozen model's guided DDIM trajectory for c, stopped at a random step.
+where x_t lies on a guided DDIM trajectory for c (guidance ``start_guidance``), stopped at a
+random step. ``xt_source`` says whose trajectory and which t:
 
-``xt_source``:
-- ``online`` (the reference algorithm): every training step re-runs the frozen model from
-  fresh noise to a random step.
 - ``bank`` (default): the frozen model does not change during a request, so its guided
   trajectories are run once, batched, and every visited (x_t, t) is kept together with e0 and
   ep -- which the sampler computes there anyway for guidance. Training then draws from the
-  bank: the same distribution over (noise, step), with one UNet call per sample instead of
-  about ``ddim_steps`` guided calls plus two.
+  bank: the same distribution over (noise, step) as ``online``, with one UNet call per sample
+  instead of about ``ddim_steps`` guided calls plus two.
+- ``online`` (frozen-model online sampling): every training step re-runs the *frozen* model
+  from fresh noise to one random stop step per batch; t is x_t's own grid timestep.
+- ``reference`` (the ESD reference code, ``train-esd.py``): every training step samples x_t
+  with the model *being trained* (under no_grad) and makes all three predictions at a DDPM
+  timestep drawn from the range of the stop step, not at x_t's own timestep. Per sample
+  (batch size 1 in the reference), with N = ``ddim_steps``, T = the schedule's training
+  timesteps and tau_0 > tau_1 > ... > tau_{N-1} the N-step DDIM grid:
+
+  * t_enc ~ U{0, ..., N-1};
+    t_ddpm ~ U[round(t_enc / N * T), round((t_enc + 1) / N * T))  (DDPM range of t_enc);
+  * x_t: guided DDIM from pure noise, which the reference's CompVis sampler places at tau_1
+    (it is called with ``t_start=-1``, which drops the grid's noisiest step tau_0), taking
+    N - max(t_enc, 1) steps (its loop breaks once the step index reaches t_enc), so x_t sits
+    at tau_{N - t_enc + 1} for t_enc >= 2 and is fully denoised for t_enc in {0, 1};
+  * e0, ep: the frozen copy at (x_t, t_ddpm); the loss: the trained model at (x_t, t_ddpm, c).
+
+  On Stable Diffusion (N = 50, tau_j = 981 - 20 j) x_t sits at 20 t_enc - 39 while t_ddpm
+  lies in [20 t_enc, 20 t_enc + 20): 39-58 timesteps noisier than x_t; on the tiny world's
+  default (N = 25, tau_j = 960 - 40 j) at 40 t_enc - 80 against [40 t_enc, 40 t_enc + 40).
+  Unlike the reference, each sample of a batch draws its own (noise, t_enc, t_ddpm) from its
+  own seed, so how a batch is split across DDP ranks does not change the draws, and a batch
+  is sampled together, finished samples leaving it as their stop step is reached.
+
+  ``bank`` and ``online`` are approximations of it: ``benchmarks/esd_bank_vs_reference.py``
+  measures the bank against it.
 """
 
 from __future__ import annotations
@@ -22,8 +45,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
+from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.methods.base import UnlearningMethod
-from lightning_unlearn.sampling import TextCondition, ddim_sample, noise_pair, predict_noise
+from lightning_unlearn.sampling import TextCondition, cat_conditions, ddim_sample, noise_pair, predict_noise
+
+XT_SOURCES: tuple[str, ...] = ("bank", "online", "reference")
+"""Where ESD's x_t comes from (see the module docstring)."""
 
 if TYPE_CHECKING:
     from lightning_unlearn.unlearning_module import UnlearningModule
@@ -44,15 +71,46 @@ def per_sample_randint(seeds: torch.Tensor, high: int) -> torch.Tensor:
     return torch.cat([torch.randint(0, high, (1,), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
+def ddpm_range_of_stop(t_enc: int, ddim_steps: int, num_train_timesteps: int) -> tuple[int, int]:
+    """[low, high) of DDPM timesteps the reference code draws for DDIM stop step ``t_enc``.
+
+    As ``train-esd.py``: ``round(t_enc / N * T)`` to ``round((t_enc + 1) / N * T)`` (Python's
+    ``round``); at least one timestep wide.
+    """
+    low = round(t_enc / ddim_steps * num_train_timesteps)
+    high = round((t_enc + 1) / ddim_steps * num_train_timesteps)
+    return low, max(high, low + 1)
+
+
+def reference_draws(
+    seed: int, shape: tuple[int, ...], ddim_steps: int, num_train_timesteps: int
+) -> tuple[torch.Tensor, int, int]:
+    """(x_T noise, stop step t_enc, DDPM timestep t_ddpm) of one sample, from its seed alone.
+
+    The noise is the generator's first draw, so it equals :func:`seeded_noise` of the seed.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn(shape, generator=gen)
+    t_enc = int(torch.randint(0, ddim_steps, (1,), generator=gen))
+    low, high = ddpm_range_of_stop(t_enc, ddim_steps, num_train_timesteps)
+    t_ddpm = int(torch.randint(low, high, (1,), generator=gen))
+    return noise, t_enc, t_ddpm
+
+
+def reference_steps_taken(t_enc: torch.Tensor, ddim_steps: int) -> torch.Tensor:
+    """DDIM steps the reference sampler takes for stop step ``t_enc`` (from tau_1): N - max(t_enc, 1)."""
+    return ddim_steps - t_enc.clamp(min=1)
+
+
 class ESD(UnlearningMethod):
-    """ESD loss with negative guidance ``eta`` on x_t from the frozen model's trajectories."""
+    """ESD loss with negative guidance ``eta``; x_t from a bank, online or as the reference code (``xt_source``)."""
 
     def __init__(
         self,
         negative_guidance: float = 1.0,
         ddim_steps: int = 50,
         start_guidance: float = 3.0,
-        xt_source: Literal["online", "bank"] = "bank",
+        xt_source: Literal["bank", "online", "reference"] = "bank",
         bank_trajectories: int = 64,
         bank_batch: int = 64,
     ) -> None:
@@ -61,12 +119,15 @@ class ESD(UnlearningMethod):
             negative_guidance: eta, how far the target is pushed away from the concept (1-2).
             ddim_steps: DDIM steps of the frozen model's trajectory x_t is drawn from.
             start_guidance: classifier-free guidance of that trajectory.
-            xt_source: ``bank`` (trajectories run once per request) or ``online`` (per step).
+            xt_source: ``bank`` (the frozen model's trajectories run once per request),
+                ``online`` (the frozen model sampled every step) or ``reference`` (the ESD
+                reference code: the model being trained sampled every step, the UNets called
+                at a DDPM timestep drawn from the stop step's range; about as slow as online).
             bank_trajectories: trajectories in the bank (each contributes ``ddim_steps`` x_t).
             bank_batch: trajectories sampled together while building the bank.
         """
-        if xt_source not in ("online", "bank"):
-            raise ValueError(f"xt_source must be 'online' or 'bank', got {xt_source!r}")
+        if xt_source not in XT_SOURCES:
+            raise SettingsError(f"xt_source must be one of {', '.join(XT_SOURCES)}; got {xt_source!r}")
         self.negative_guidance = negative_guidance
         self.ddim_steps = ddim_steps
         self.start_guidance = start_guidance
@@ -110,6 +171,9 @@ class ESD(UnlearningMethod):
     def loss(self, module: UnlearningModule, batch: dict[str, Any]) -> torch.Tensor:
         if self.xt_source == "bank":
             x_t, t, target, captions = self._draw_from_bank(batch["seed"], module.device)
+        elif self.xt_source == "reference":
+            draw = self.reference_xt(module, batch["seed"], batch["caption"])
+            x_t, t, target, captions = draw["x"], draw["t"], draw["target"], batch["caption"]
         else:
             x_t, t, target, captions = self._run_online(module, batch)
         cond = TextCondition.from_captions(module.backbone, captions)
@@ -137,3 +201,43 @@ class ESD(UnlearningMethod):
         x_t, t = ddim_sample(backbone, ref, noise, cond, uncond, self.ddim_steps, self.start_guidance, stop_after=stop)
         eps_uncond, eps_cond = noise_pair(ref, x_t, t, cond, uncond)
         return x_t, t.expand(len(seeds)), esd_target(eps_uncond, eps_cond, self.negative_guidance), captions
+
+    @torch.no_grad()
+    def reference_xt(self, module: UnlearningModule, seeds: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
+        """x_t, the UNet timestep and the target as the ESD reference code draws them.
+
+        Returns ``x`` [B, C, H, W] (sampled with ``module.unet``, the model being trained),
+        ``t`` [B] (t_ddpm, what every UNet is called with), ``target`` [B, C, H, W] (from the
+        frozen copy at (x, t)), ``t_enc`` [B] (stop steps) and ``t_own`` [B] (the grid
+        timestep x sits at; -1 when fully denoised). See the module docstring.
+        """
+        backbone, device = module.backbone, module.device
+        scheduler = backbone.sampling_scheduler()
+        scheduler.set_timesteps(self.ddim_steps, device=device)
+        grid = scheduler.timesteps
+        num_train = int(scheduler.config.num_train_timesteps)
+        draws = [reference_draws(int(s), backbone.latent_shape, self.ddim_steps, num_train) for s in seeds]
+        x = torch.stack([d[0] for d in draws]).to(device)
+        t_enc = torch.tensor([d[1] for d in draws])
+        t_ddpm = torch.tensor([d[2] for d in draws], device=device)
+        steps = reference_steps_taken(t_enc, self.ddim_steps)
+        cond = TextCondition.from_captions(backbone, captions)
+        uncond = TextCondition.from_captions(backbone, [""])
+        # Guided DDIM with the trained UNet from tau_1 (the reference drops tau_0); a sample
+        # leaves the batch once it has taken its steps. DDIM's step depends on t alone, so
+        # stepping a subset is the same step.
+        for i in range(1, int(steps.max()) + 1):
+            active = (steps >= i).nonzero().squeeze(1).to(device)
+            sub = TextCondition(cond.states[active], None if cond.mask is None else cond.mask[active])
+            eps_uncond, eps_cond = noise_pair(module.unet, x[active], grid[i], sub, uncond)
+            eps = eps_uncond + self.start_guidance * (eps_cond - eps_uncond)
+            x[active] = scheduler.step(eps, grid[i], x[active]).prev_sample
+        # The frozen copy's two predictions at (x, t_ddpm), one call; each sample its own t.
+        both = cat_conditions(uncond.expand(len(x)), cond)
+        eps = predict_noise(module.reference_unet, torch.cat([x, x]), torch.cat([t_ddpm, t_ddpm]), both)
+        eps_uncond, eps_cond = eps.chunk(2)
+        own = [int(grid[n + 1]) if n + 1 < self.ddim_steps else -1 for n in steps.tolist()]
+        return {
+            "x": x, "t": t_ddpm, "target": esd_target(eps_uncond, eps_cond, self.negative_guidance),
+            "t_enc": t_enc, "t_own": torch.tensor(own),
+        }

@@ -10,10 +10,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_quick(script: str) -> str:
+def run_quick(script: str, *extra: str) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), "--quick", "--threads", "1"],
+        [sys.executable, str(REPO / "benchmarks" / script), *extra, "--quick", "--threads", "1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -58,3 +58,12 @@ def test_esd_bank_vs_online_benchmark_quick():
 def test_stream_benchmark_quick():
     rows = table_rows(run_quick("stream.py"), "| run | requests |")
     assert len(rows) == 1 and rows[0][1] == "2"
+
+
+@pytest.mark.slow
+def test_esd_bank_vs_reference_benchmark_quick():
+    for mode, header, ratio in (("steps", "| x_t source | step wall", "reference / bank per step"),
+                                ("stream", "| x_t source | train s", "reference / bank train time")):
+        out = run_quick("esd_bank_vs_reference.py", mode)
+        assert [r[0] for r in table_rows(out, header)] == ["bank", "reference"]
+        assert ratio in out

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from lightning_unlearn.methods.esd import ESD, esd_target, seeded_noise
+from lightning_unlearn.errors import SettingsError
+from lightning_unlearn.methods.esd import ESD, ddpm_range_of_stop, esd_target, reference_draws, seeded_noise
 from lightning_unlearn.requests import Request
-from lightning_unlearn.sampling import TextCondition, ddim_sample, noise_pair
+from lightning_unlearn.sampling import TextCondition, ddim_sample, guided_trajectory, noise_pair
 from lightning_unlearn.unlearning_module import UnlearningModule
 
 
@@ -59,7 +60,7 @@ def test_online_source_gives_a_finite_loss():
 
 
 def test_bad_source_is_named():
-    with pytest.raises(ValueError, match="xt_source must be"):
+    with pytest.raises(SettingsError, match="xt_source must be one of bank, online, reference; got 'cache'"):
         ESD(xt_source="cache")
 
 
@@ -72,3 +73,112 @@ def test_bank_draws_depend_on_each_sample_seed_alone(module):
         assert torch.equal(whole[j], torch.cat([p[j] for p in parts]))
     assert whole[3] == [c for p in parts for c in p[3]]
     assert len(set(whole[1].tolist()) | set(whole[0].flatten(1).sum(1).tolist())) > 1  # not one entry repeated
+
+
+# -- xt_source=reference: the ESD reference code's sampling ---------------------------------------
+CAPTION = "a painting in Van Gogh style"
+
+
+@pytest.fixture(scope="module")
+def ref_module():
+    torch.manual_seed(0)
+    m = UnlearningModule(method=ESD(ddim_steps=4, xt_source="reference"), trainable="kv-xattn")
+    m.begin_request(0, Request("Van Gogh", "style"), [CAPTION])
+    return m
+
+
+def test_ddpm_range_of_stop_is_the_reference_mapping():
+    # round(t_enc / N * T) .. round((t_enc + 1) / N * T), as train-esd.py.
+    assert ddpm_range_of_stop(0, 50, 1000) == (0, 20)
+    assert ddpm_range_of_stop(7, 50, 1000) == (140, 160)
+    assert ddpm_range_of_stop(49, 50, 1000) == (980, 1000)
+    assert ddpm_range_of_stop(3, 4, 1000) == (750, 1000)
+    assert ddpm_range_of_stop(1, 3, 1000) == (333, 667)
+    noise, t_enc, t_ddpm = reference_draws(5, (2, 3), 50, 1000)
+    low, high = ddpm_range_of_stop(t_enc, 50, 1000)
+    assert low <= t_ddpm < high and torch.equal(noise, seeded_noise(torch.tensor([5]), (2, 3))[0])
+
+
+def test_reference_x_t_comes_from_the_trained_unet_online_from_the_frozen_copy(ref_module):
+    m = ref_module
+    seeds, captions = torch.tensor([11, 12]), [CAPTION] * 2
+    online = ESD(ddim_steps=4, xt_source="online")
+    ref_before = m.method.reference_xt(m, seeds, captions)
+    online_before = online._run_online(m, {"seed": seeds, "caption": captions})
+    grid = m.backbone.sampling_scheduler()
+    grid.set_timesteps(4)
+    assert int(online_before[1][0]) != int(grid.timesteps[0])  # online took steps from noise
+    values = [p for n, p in m.unet.named_parameters() if ".attn2.to_v." in n]
+    saved = [p.detach().clone() for p in values]
+    try:
+        with torch.no_grad():
+            for p in values:
+                p.mul_(3.0)  # what a few training steps do to the trained UNet, only bigger
+        ref_after = m.method.reference_xt(m, seeds, captions)
+        online_after = online._run_online(m, {"seed": seeds, "caption": captions})
+    finally:
+        with torch.no_grad():
+            for p, v in zip(values, saved):
+                p.copy_(v)
+    assert torch.equal(ref_before["t"], ref_after["t"]) and torch.equal(ref_before["t_enc"], ref_after["t_enc"])
+    assert (ref_before["x"] - ref_after["x"]).abs().max() > 1e-3  # x_t follows the trained weights
+    assert torch.equal(online_before[0], online_after[0])  # online: the frozen copy's x_t, unchanged
+    assert torch.equal(online_before[2], online_after[2])
+
+
+def test_reference_x_t_is_the_trained_unets_guided_ddim_from_tau_1(ref_module):
+    # N - max(t_enc, 1) steps from tau_1 (the reference's sampler drops tau_0), guidance 3.
+    m = ref_module
+    draw = m.method.reference_xt(m, torch.tensor([21]), [CAPTION])
+    noise, t_enc, _ = reference_draws(21, m.backbone.latent_shape, 4, 1000)
+    scheduler = m.backbone.sampling_scheduler()
+    scheduler.set_timesteps(4)
+    n = 4 - max(t_enc, 1)
+    cond = TextCondition.from_captions(m.backbone, [CAPTION])
+    uncond = TextCondition.from_captions(m.backbone, [""])
+    with torch.no_grad():
+        x = guided_trajectory(scheduler, m.unet, noise[None], cond, uncond, 3.0, scheduler.timesteps[1 : 1 + n])
+    torch.testing.assert_close(draw["x"], x, atol=1e-5, rtol=1e-5)
+    assert int(draw["t_own"][0]) == (int(scheduler.timesteps[n + 1]) if n + 1 < 4 else -1)
+
+
+def test_reference_unets_are_called_at_t_ddpm_not_at_x_ts_own_timestep(ref_module):
+    m = ref_module
+    seeds, captions = torch.arange(30, 35), [CAPTION] * 5
+    draw = m.method.reference_xt(m, seeds, captions)
+    assert len(set(draw["t_enc"].tolist())) > 1
+    for t, t_enc, own in zip(draw["t"].tolist(), draw["t_enc"].tolist(), draw["t_own"].tolist()):
+        low, high = ddpm_range_of_stop(t_enc, 4, 1000)
+        assert low <= t < high and t != own  # grid 750/500/250/0: never x_t's own level here
+    calls: dict[str, list[torch.Tensor]] = {"trained": [], "frozen": []}
+    hooks = [
+        m.unet.register_forward_pre_hook(lambda mod, args: calls["trained"].append(args[1].clone())),
+        m.reference_unet.register_forward_pre_hook(lambda mod, args: calls["frozen"].append(args[1].clone())),
+    ]
+    try:
+        loss = m.method.loss(m, {"seed": seeds, "caption": captions})
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.isfinite(loss)
+    # The loss's prediction and the frozen target pair: both at t_ddpm, sample by sample.
+    assert torch.equal(calls["trained"][-1], draw["t"])
+    assert len(calls["frozen"]) == 1 and torch.equal(calls["frozen"][0], torch.cat([draw["t"], draw["t"]]))
+    # Before, the trained UNet sampled x_t: from tau_1 (500 of the grid 750, 500, 250, 0) down.
+    assert len(calls["trained"]) > 1 and bool((calls["trained"][0] == 500).all())
+
+
+def test_reference_draws_are_deterministic_and_per_sample(ref_module):
+    m = ref_module
+    seeds, captions = torch.tensor([3, 4]), [CAPTION] * 2
+    a = m.method.reference_xt(m, seeds, captions)
+    b = m.method.reference_xt(m, seeds, captions)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # Sample i depends on seeds[i] alone (DDP ranks and batch sizes draw the same x_t).
+    parts = [m.method.reference_xt(m, seeds[i : i + 1], captions[:1]) for i in range(2)]
+    for key in ("t", "t_enc", "t_own"):
+        assert torch.equal(a[key], torch.cat([p[key] for p in parts]))
+    for key in ("x", "target"):
+        torch.testing.assert_close(a[key], torch.cat([p[key] for p in parts]), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a["x"][:1], m.method.reference_xt(m, torch.tensor([6]), captions[:1])["x"])
