@@ -1,7 +1,9 @@
 """Mid-request checkpoints: an interrupted request resumes where it stopped, not from its start.
 
 With ``--stream.checkpoint_every_n_steps=N`` the stream saves a Lightning checkpoint every N
-optimizer steps of a request (never after its last step: that state is the committed request)::
+optimizer steps of a request (never after its last step: that state is the committed request),
+and -- with or without the option -- at the step where a pre-emption signal (SIGUSR1) stopped
+the request (:mod:`lightning_unlearn.preemption`)::
 
     <run_dir>/checkpoints/request-03-step-000020.ckpt   trainable weights, optimizer, loop counters,
                                                           callback states, the loader's position
@@ -21,7 +23,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
@@ -29,6 +31,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_unlearn.atomic_io import file_sha256, write_bytes, write_json
 from lightning_unlearn.errors import UnlearnError
+
+if TYPE_CHECKING:
+    from lightning_unlearn.preemption import PreemptionSignal
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -116,41 +121,68 @@ def clear_checkpoints(run_dir: Path, index: int | None = None) -> None:
 
 
 class RequestCheckpoints(Callback):
-    """Saves a Lightning checkpoint every ``every_n_steps`` optimizer steps of one request.
+    """Saves a Lightning checkpoint every ``every_n_steps`` optimizer steps of one request, and
+    at the step a pre-emption signal arrived (then it stops the fit).
 
     The stream adds one per request (and removes it after the request's ``fit``), so it holds
-    no state of its own in the checkpoint.
+    no state of its own in the checkpoint. It is the last callback of the trainer, so the
+    checkpoint sees every other callback's state after the step.
     """
 
-    def __init__(self, run_dir: Path, every_n_steps: int, index: int, record: dict[str, Any],
-                 request_start_step: int, checkpoint_io: AtomicCheckpointIO) -> None:
+    def __init__(self, run_dir: Path, every_n_steps: int | None, index: int, record: dict[str, Any],
+                 request_start_step: int, checkpoint_io: AtomicCheckpointIO,
+                 preemption: "PreemptionSignal | None" = None) -> None:
         """
         Args:
             run_dir: the stream's run folder.
-            every_n_steps: optimizer steps between checkpoints.
+            every_n_steps: optimizer steps between checkpoints; ``None``: only at a pre-emption.
             index: the request's 0-based position in the stream.
             record: what identifies the request (concept, protocol, steps, batch size), stored in
                 the record and checked on resume.
             request_start_step: the trainer's ``global_step`` when the request started.
             checkpoint_io: the strategy's checkpoint IO (it knows the sha256 of what it wrote).
+            preemption: the stream's SIGUSR1 flag; when raised (on any rank), the fit stops
+                after the current optimizer step with a checkpoint of it.
         """
-        if every_n_steps < 1:
+        if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"checkpoint_every_n_steps must be at least 1, got {every_n_steps}")
-        self.run_dir, self.every_n_steps, self.index = Path(run_dir), int(every_n_steps), index
+        self.run_dir, self.every_n_steps, self.index = Path(run_dir), every_n_steps, index
         self.record, self.request_start_step, self.checkpoint_io = dict(record), int(request_start_step), checkpoint_io
+        self.preemption = preemption
+        self.preempted_at: int | None = None
+        """Steps of the request done when a pre-emption stopped the fit (its checkpoint's step)."""
         self._last_saved_step: int | None = None
+        self._step_at_batch_start: int | None = None
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         done = trainer.global_step - self.request_start_step
+        stepped = trainer.global_step != self._step_at_batch_start  # gradient accumulation: not every batch steps
+        last = done >= int(self.record["train_steps"])  # the last step's state is committed as the request
+        if self.preemption is not None and stepped and not last:
+            # Every rank must stop at the same step: stop if any rank got the signal.
+            if trainer.strategy.reduce_boolean_decision(self.preemption.requested, all=False):
+                self.preempted_at = done
+                if trainer.global_step != self._last_saved_step:
+                    self.save(trainer, done)
+                trainer.should_stop = True
+                return
         if (
-            done <= 0
+            self.every_n_steps is None
+            or done <= 0
             or done % self.every_n_steps
-            or done >= int(self.record["train_steps"])  # the last step's state is committed as the request
-            or trainer.global_step == self._last_saved_step  # gradient accumulation: a batch that did not step
+            or last
+            or trainer.global_step == self._last_saved_step
             or trainer.should_stop
         ):
             return
+        self.save(trainer, done)
+
+    def save(self, trainer: Trainer, done: int) -> None:
+        """Checkpoint the request after ``done`` of its steps (every rank calls this)."""
         self._last_saved_step = trainer.global_step
         name = f"request-{self.index + 1:02d}-step-{done:06d}.ckpt"
         path = checkpoint_dir(self.run_dir) / name

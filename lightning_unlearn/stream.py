@@ -14,7 +14,10 @@ Every file is written atomically; ``ledger.json`` says which requests are comple
 weights' sha256), and re-running the same command continues after the last complete one --
 inside it, from ``checkpoints/`` when ``--stream.checkpoint_every_n_steps`` is set
 (:mod:`lightning_unlearn.request_checkpoints`). A non-finite loss stops the request without
-committing it (``FAILED.json``, :class:`RequestFailedError`).
+committing it (``FAILED.json``, :class:`RequestFailedError`). SIGUSR1 (a SLURM pre-emption or
+time limit) stops the stream at its next safe point, checkpointed, and requeues the job; SIGTERM /
+SIGINT inside training exit 143 / 130 with the request uncommitted
+(:mod:`lightning_unlearn.preemption`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import csv
 import io
 import json
 import math
+import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +38,8 @@ from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.base import request_callbacks
 from datamodules.concept_stream import ConceptStreamDataModule
@@ -43,6 +50,9 @@ from lightning_unlearn.backbone import TinyWorldBackbone
 from lightning_unlearn.errors import SettingsError, UnlearnError
 from lightning_unlearn.evaluation import ClipZeroShotClassifier, EvaluationSettings, Evaluator, VocabularySubset, score
 from lightning_unlearn.evaluation_cache import evaluate_base, evaluate_counts
+from lightning_unlearn.preemption import (
+    EXIT_PREEMPTED, EXIT_SIGINT, EXIT_SIGTERM, PreemptionSignal, StreamStopped, requeue, stray_hpc_checkpoints,
+)
 from lightning_unlearn.protocols import (
     MergeSettings, ProtocolName, RequestPlan, SimultaneousSettings, plan_request,
 )
@@ -66,6 +76,11 @@ class RunFolderBusyError(UnlearnError, RuntimeError):
 
 class LedgerMismatchError(UnlearnError, RuntimeError):
     """A run folder's files do not match its ledger (edited, truncated, or another run's)."""
+
+
+class StrayHpcCheckpointError(UnlearnError, RuntimeError):
+    """A Lightning HPC checkpoint (``hpc_ckpt_*.ckpt``) lies where Lightning would restore it into
+    every request's ``fit``; the stream resumes from its ledger and ``checkpoints/`` only."""
 
 
 class RequestFailedError(UnlearnError, RuntimeError):
@@ -98,7 +113,8 @@ class StreamSettings:
     """Save a Lightning checkpoint every n optimizer steps of a request into
     ``<run_dir>/checkpoints/`` (atomic; removed once the request is committed), so that a
     re-run resumes an interrupted request at its last checkpoint; unset = resume interrupted
-    requests from their start."""
+    requests from their start. A pre-emption (SIGUSR1) checkpoints the request at its current
+    step either way."""
 
 
 def callback_label(callback: Callback) -> str:
@@ -284,10 +300,37 @@ class StreamRunner:
         locked against other processes meanwhile (released on return or error)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock_run_folder()
+        self._take_over_preemption()
         try:
             return self._serve()
         finally:
+            self.preemption.restore()
             self._unlock_run_folder()
+
+    def _take_over_preemption(self) -> None:
+        """Handle SIGUSR1 ourselves (:mod:`lightning_unlearn.preemption`) and refuse any Lightning HPC
+        checkpoint: on SLURM Lightning restores the newest ``hpc_ckpt_*.ckpt`` of ``default_root_dir``
+        whenever ``fit`` gets no ``ckpt_path``, i.e. into every request that starts fresh."""
+        stray = stray_hpc_checkpoints(self.run_dir, self.trainer.default_root_dir)
+        if stray:
+            raise StrayHpcCheckpointError(
+                f"{', '.join(map(str, stray))}: a Lightning HPC checkpoint, which Lightning would restore into every "
+                "request on SLURM; this stream never writes or reads one (it resumes from ledger.json and "
+                "checkpoints/ only): delete it and re-run the same command"
+            )
+        # Lightning's SLURM plugin would save an HPC checkpoint and requeue on SIGUSR1 itself
+        # (its signal connector reads this flag at every fit); the stream's own handler replaces it.
+        environment = self.trainer._accelerator_connector.cluster_environment
+        if isinstance(environment, SLURMEnvironment):
+            environment.auto_requeue = False
+        self.preemption = PreemptionSignal()
+        self.preemption.install()
+
+    def _stop_if_preempted(self, resumes_at: str) -> None:
+        """At a safe point outside ``fit``: stop if SIGUSR1 arrived (on any rank), saying where the
+        re-run resumes."""
+        if self.trainer.strategy.reduce_boolean_decision(self.preemption.requested, all=False):
+            raise StreamStopped(f"the re-run resumes at {resumes_at}", EXIT_PREEMPTED, requeue=True)
 
     def _unlock_run_folder(self) -> None:
         handle = getattr(self, "_lock_file", None)
@@ -342,6 +385,7 @@ class StreamRunner:
         for index in range(completed, len(self.data.requests)):
             plan = plan_request(self.data.requests, index, protocol, merging)
             request = plan.request
+            self._stop_if_preempted(f"request {index + 1} ({request.concept})")
             what = request.concept if len(plan.erasing) == 1 else f"{len(plan.erasing)} concepts up to {request.concept!r}"
             rank_zero_info(f"request {index + 1}/{len(self.data.requests)} ({protocol}): unlearn {request.kind} {what}")
             seed_everything(self.module.hparams.seed + index, workers=True, verbose=False)
@@ -360,6 +404,8 @@ class StreamRunner:
                 )
             for callback in request_callbacks(self.trainer):
                 callback.on_request_start(self.trainer, self.module)
+            # Before fit: the method's preparation (e.g. ESD's x_t bank) is rebuilt from the seed on re-run.
+            self._stop_if_preempted(f"request {index + 1} ({request.concept})")
             stopper = None
             if protocol == "simultaneous":
                 stopper = UATargetStop(evaluator, list(plan.erasing), settings.simultaneous, self.data.vocabulary, self.domains)
@@ -377,23 +423,34 @@ class StreamRunner:
             if stopper is not None:
                 stopper._first_step = steps_before
             self.trainer.fit_loop.epoch_loop.max_steps = steps_before + cap
-            saver = None
-            if settings.checkpoint_every_n_steps:
-                saver = RequestCheckpoints(self.run_dir, settings.checkpoint_every_n_steps, index, identity,
-                                           steps_before, self.checkpoint_io)
-                self.trainer.callbacks.append(saver)
+            # Always there: it also checkpoints the step at which a pre-emption stops the request.
+            saver = RequestCheckpoints(self.run_dir, settings.checkpoint_every_n_steps or None, index, identity,
+                                       steps_before, self.checkpoint_io, preemption=self.preemption)
+            self.trainer.callbacks.append(saver)
+            not_committed = f"request {index + 1} was not committed; re-run the same command to resume"
             try:
                 # weights_only: a checkpoint holds tensors and primitive containers, never code.
                 self.trainer.fit(self.module, datamodule=self.data, ckpt_path=ckpt_path, weights_only=True)
             except NonFiniteLossError as error:
                 self._fail(index, plan, ledger, error, step=self.trainer.global_step - steps_before + 1, cap=cap)
+            except SIGTERMException:  # Lightning's SIGTERM handling: a SystemExit with status 0
+                raise StreamStopped(f"interrupted: {not_committed}", EXIT_SIGTERM) from None
+            except SystemExit as stop:
+                # Lightning turns Ctrl+C inside fit into sys.exit(1) while handling the KeyboardInterrupt.
+                if isinstance(stop.__context__, KeyboardInterrupt):
+                    raise StreamStopped(f"interrupted: {not_committed}", EXIT_SIGINT) from None
+                raise
             finally:
                 for callback in (stopper, saver):
                     if callback is not None:
                         self.trainer.callbacks.remove(callback)
-            if self.trainer.interrupted:
-                rank_zero_info("interrupted: the request was not committed; re-run the command to resume")
-                return rows
+            if saver.preempted_at is not None:
+                raise StreamStopped(
+                    f"the re-run resumes at request {index + 1} ({request.concept}), step {saver.preempted_at} "
+                    f"of {cap}", EXIT_PREEMPTED, requeue=True,
+                )
+            if self.trainer.interrupted:  # any other way out of fit that Lightning swallowed
+                raise StreamStopped(f"interrupted: {not_committed}", EXIT_SIGTERM)
             for callback in request_callbacks(self.trainer):
                 callback.on_request_end(self.trainer, self.module)
             records: dict[str, dict[str, Any]] = {}
@@ -554,4 +611,15 @@ def unlearn(args: list[str]) -> list[dict[str, Any]]:
     settings: StreamSettings = cli.config_init.stream  # jsonargparse instantiates the dataclasses
     Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     write_json(asdict(settings), Path(settings.run_dir) / "stream_settings.json")
-    return StreamRunner(cli.trainer, cli.model, cli.datamodule, settings).run()
+    try:
+        return StreamRunner(cli.trainer, cli.model, cli.datamodule, settings).run()
+    except StreamStopped as stopped:
+        # The run folder is consistent and unlocked here: everything is written before the line.
+        if stopped.requeue:
+            if cli.trainer.is_global_zero:
+                # scontrol requeue ends this job (SIGTERM): nothing is left to do but say so.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                print(f"pre-empted: {requeue()}; {stopped.message}", file=sys.stderr, flush=True)
+        elif cli.trainer.is_global_zero:
+            print(stopped.message, file=sys.stderr, flush=True)
+        raise SystemExit(stopped.exit_code) from None

@@ -1,9 +1,11 @@
-"""Test-only callbacks that SIGKILL the training process at a chosen moment (fault tests).
+"""Test-only callbacks that SIGKILL the training process at a chosen moment (fault tests), or
+send it another signal (``signal=SIGUSR1`` / ``SIGTERM`` / ``SIGINT``: pre-emption and interruption tests).
 
 They are added on the command line (``--trainer.callbacks+=sigkill_hooks.SigkillAtStep``, with
 ``tests/`` on ``PYTHONPATH``) and fire once: they create ``marker`` first and do nothing if it
 exists, so the very same command re-run afterwards trains on undisturbed. The kill is a real
-``SIGKILL`` of the real process: nothing is flushed, no handler runs.
+``SIGKILL`` of the real process: nothing is flushed, no handler runs. Other signals are sent the
+same way (``os.kill`` of the process itself), so the process's own handlers see them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from callbacks.base import RequestCallback
+
 
 def _first_time(marker: str) -> bool:
     try:
@@ -25,11 +29,16 @@ def _first_time(marker: str) -> bool:
     return True
 
 
-class SigkillAtStep(Callback):
-    """SIGKILL after optimizer step ``step`` of request ``request`` (1-based, as in ``requests/NN-``)."""
+def _send(name: str) -> None:
+    os.kill(os.getpid(), getattr(signal, name))
 
-    def __init__(self, request: int, step: int, marker: str) -> None:
-        self.request, self.step, self.marker = request, step, marker
+
+class SigkillAtStep(Callback):
+    """SIGKILL (or ``signal``) after optimizer step ``step`` of request ``request`` (1-based, as in
+    ``requests/NN-``)."""
+
+    def __init__(self, request: int, step: int, marker: str, signal: str = "SIGKILL") -> None:
+        self.request, self.step, self.marker, self.signal = request, step, marker, signal
         self._start = 0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -39,7 +48,20 @@ class SigkillAtStep(Callback):
                            batch_idx: int) -> None:
         if pl_module.request_index + 1 == self.request and trainer.global_step - self._start == self.step:
             if _first_time(self.marker):
-                os.kill(os.getpid(), signal.SIGKILL)
+                _send(self.signal)
+
+
+class SignalAtRequestEnd(RequestCallback):
+    """Send ``signal`` when request ``request``'s training is done, before its commit (weights,
+    evaluation, ledger): a signal that arrives outside ``fit``."""
+
+    def __init__(self, request: int, marker: str, signal: str = "SIGUSR1") -> None:
+        super().__init__(name=f"SignalAtRequestEnd-{request}")
+        self.request, self.marker, self.signal = request, marker, signal
+
+    def on_request_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if pl_module.request_index + 1 == self.request and _first_time(self.marker):
+            _send(self.signal)
 
 
 class SigkillBeforeRename(Callback):
@@ -50,8 +72,8 @@ class SigkillBeforeRename(Callback):
     Python's audit hook for ``os.replace`` runs before the rename itself.
     """
 
-    def __init__(self, name: str, marker: str, occurrence: int = 1) -> None:
-        self.name, self.marker, self.occurrence = name, marker, occurrence
+    def __init__(self, name: str, marker: str, occurrence: int = 1, signal: str = "SIGKILL") -> None:
+        self.name, self.marker, self.occurrence, self.signal = name, marker, occurrence, signal
         self._seen = 0
         sys.addaudithook(self._hook)
 
@@ -60,4 +82,4 @@ class SigkillBeforeRename(Callback):
             return
         self._seen += 1
         if self._seen == self.occurrence and _first_time(self.marker):
-            os.kill(os.getpid(), signal.SIGKILL)
+            _send(self.signal)

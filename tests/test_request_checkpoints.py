@@ -156,3 +156,115 @@ def test_stacked_regularizers_resume_bit_identically(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     main([*STREAM, f"--stream.run_dir={run}", *CHECKPOINTED, *stacked])
     assert outcome(run) == outcome(tmp_path / "reference")
+
+
+# -- pre-emption (SIGUSR1) and interruption (SIGTERM / SIGINT) ----------------------------------------
+
+def slurm_env(tmp_path: Path) -> dict[str, str]:
+    """A job step as srun starts it (Lightning detects SLURM from these), with a fake ``scontrol``
+    first on PATH that records its arguments instead of talking to a controller."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1",
+            "SLURM_JOB_NAME": "unlearn", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+
+
+def signalled_run(run: Path, hooks: list[str], extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "HF_HUB_OFFLINE": "1", **(extra_env or {})}
+    return subprocess.run([sys.executable, "train.py", *STREAM, f"--stream.run_dir={run}", *hooks],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_sigusr1_mid_request_checkpoints_requeues_and_the_rerun_equals_an_uninterrupted_run(
+        tmp_path, uninterrupted, monkeypatch):
+    run, env = tmp_path / "run", slurm_env(tmp_path)
+    proc = signalled_run(run, ["--trainer.callbacks+=sigkill_hooks.SigkillAtStep", "--trainer.callbacks.request=2",
+                               "--trainer.callbacks.step=4", "--trainer.callbacks.signal=SIGUSR1",
+                               f"--trainer.callbacks.marker={tmp_path / 'signalled'}"], env)
+    assert proc.returncode == 138, proc.stderr[-3000:]
+    assert "pre-empted: requeued job 4242; the re-run resumes at request 2 (Cartoon), step 4 of 6" in proc.stderr
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert [e["concept"] for e in json.loads((run / "ledger.json").read_text())["completed"]] == ["Van Gogh"]
+    assert json.loads(record_path(run, 1).read_text())["steps_done"] == 4
+    assert not list(run.rglob("hpc_ckpt_*"))
+    for name, value in env.items():  # the requeued job re-runs under SLURM
+        monkeypatch.setenv(name, value)
+    main([*STREAM, f"--stream.run_dir={run}"])
+    assert outcome(run) == uninterrupted
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n" and not list(run.rglob("hpc_ckpt_*"))
+
+
+@pytest.mark.slow  # five runs of the stream
+def test_sigusr1_at_any_moment_requeues_and_the_reruns_equal_an_uninterrupted_run(tmp_path, uninterrupted):
+    # One command, as a requeued SLURM job re-runs it; each hook sends SIGUSR1 once, at its moment.
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    hooks = [
+        # during the base evaluation (its grid written, its metrics not yet)
+        "--trainer.callbacks+=sigkill_hooks.SigkillBeforeRename", "--trainer.callbacks.name=00-base/grid.png",
+        "--trainer.callbacks.signal=SIGUSR1", f"--trainer.callbacks.marker={markers / 'base'}",
+        # mid-fit of request 1 (no --stream.checkpoint_every_n_steps: the pre-emption checkpoints)
+        "--trainer.callbacks+=sigkill_hooks.SigkillAtStep", "--trainer.callbacks.request=1",
+        "--trainer.callbacks.step=3", "--trainer.callbacks.signal=SIGUSR1", f"--trainer.callbacks.marker={markers / 'fit1'}",
+        # after request 1's training, before its commit (between requests)
+        "--trainer.callbacks+=sigkill_hooks.SignalAtRequestEnd", "--trainer.callbacks.request=1",
+        f"--trainer.callbacks.marker={markers / 'commit1'}",
+        # mid-fit of request 2
+        "--trainer.callbacks+=sigkill_hooks.SigkillAtStep", "--trainer.callbacks.request=2",
+        "--trainer.callbacks.step=4", "--trainer.callbacks.signal=SIGUSR1", f"--trainer.callbacks.marker={markers / 'fit2'}",
+    ]
+    run, env = tmp_path / "run", slurm_env(tmp_path)
+    # (what the ledger has committed after the stop, the step the record resumes request N at, the line)
+    expected = [
+        ([], None, "the re-run resumes at request 1 (Van Gogh)"),
+        ([], (1, 3), "the re-run resumes at request 1 (Van Gogh), step 3 of 6"),
+        (["Van Gogh"], None, "the re-run resumes at request 2 (Cartoon)"),
+        (["Van Gogh"], (2, 4), "the re-run resumes at request 2 (Cartoon), step 4 of 6"),
+    ]
+    for rerun, (committed, resume, line) in enumerate(expected, start=1):
+        proc = signalled_run(run, hooks, env)
+        assert proc.returncode == 138, (rerun, proc.stderr[-3000:])
+        assert f"pre-empted: requeued job 4242; {line}" in proc.stderr, (rerun, proc.stderr[-3000:])
+        ledger = json.loads((run / "ledger.json").read_text())
+        assert "base" in ledger and [e["concept"] for e in ledger["completed"]] == committed, rerun
+        if resume is not None:
+            record = json.loads(record_path(run, resume[0] - 1).read_text())
+            assert record["steps_done"] == resume[1]
+        assert (tmp_path / "scontrol.log").read_text().splitlines() == ["requeue 4242"] * rerun
+        assert not list(run.rglob("hpc_ckpt_*")) and not list(REPO.glob("hpc_ckpt_*"))
+    proc = signalled_run(run, hooks, env)  # every hook has fired: this run completes
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert outcome(run) == uninterrupted
+    assert len((tmp_path / "scontrol.log").read_text().splitlines()) == len(expected)
+    assert not list((run / "checkpoints").iterdir()) and not list(run.rglob("hpc_ckpt_*"))
+
+
+def test_a_lightning_hpc_checkpoint_in_the_run_folder_is_refused(tmp_path, cli_error):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "hpc_ckpt_1.ckpt").write_bytes(b"not read")
+    message = cli_error([*STREAM, f"--stream.run_dir={run}"])
+    assert "hpc_ckpt_1.ckpt: a Lightning HPC checkpoint" in message and "delete it" in message
+    assert not (run / "ledger.json").exists() and not (run / "requests").exists()
+
+
+@pytest.mark.parametrize("signal_name, status", [
+    ("SIGTERM", 143),
+    pytest.param("SIGINT", 130, marks=pytest.mark.slow),  # the same path, through Lightning's KeyboardInterrupt
+])
+def test_an_interrupted_request_exits_non_zero_and_the_rerun_equals_an_uninterrupted_run(
+        tmp_path, uninterrupted, signal_name, status):
+    run = tmp_path / "run"
+    proc = signalled_run(run, ["--trainer.callbacks+=sigkill_hooks.SigkillAtStep", "--trainer.callbacks.request=2",
+                               "--trainer.callbacks.step=3", f"--trainer.callbacks.signal={signal_name}",
+                               f"--trainer.callbacks.marker={tmp_path / 'signalled'}"])
+    assert proc.returncode == status, proc.stderr[-3000:]
+    assert "interrupted: request 2 was not committed; re-run the same command to resume" in proc.stderr
+    ledger = json.loads((run / "ledger.json").read_text())
+    assert [e["concept"] for e in ledger["completed"]] == ["Van Gogh"]
+    main([*STREAM, f"--stream.run_dir={run}"])  # the same stream, re-run
+    assert outcome(run) == uninterrupted
