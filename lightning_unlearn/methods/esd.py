@@ -17,31 +17,21 @@ where x_t lies on the frozen model's guided DDIM trajectory for c, stopped at a 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from lightning_unlearn.methods.base import UnlearningMethod
-from lightning_unlearn.sampling import TextCondition, ddim_sample, noise_pair, predict_noise
-
-if TYPE_CHECKING:
-    from lightning_unlearn.unlearning_module import UnlearningModule
+from lightning_unlearn.methods.context import MethodContext
+from lightning_unlearn.sampling import (
+    TextCondition, ddim_sample, noise_pair, per_sample_randint, predict_noise, seeded_noise,
+)
 
 
 def esd_target(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, negative_guidance: float) -> torch.Tensor:
     """e0 - eta * (ep - e0): the frozen model's noise guided *away* from the concept."""
     return eps_uncond - negative_guidance * (eps_cond - eps_uncond)
-
-
-def seeded_noise(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """One standard-normal latent per seed; sample i depends only on seeds[i]."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-
-
-def per_sample_randint(seeds: torch.Tensor, high: int) -> torch.Tensor:
-    """One integer in [0, high) per seed; entry i depends only on seeds[i]."""
-    return torch.cat([torch.randint(0, high, (1,), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
 class ESD(UnlearningMethod):
@@ -77,15 +67,15 @@ class ESD(UnlearningMethod):
         self.bank_captions: list[str] = []
 
     # -- per request ---------------------------------------------------------------------------
-    def prepare_request(self, module: UnlearningModule, captions: list[str]) -> None:
+    def prepare_request(self, context: MethodContext) -> None:
         self.bank = None
         if self.xt_source == "bank":
-            self.bank = self.build_bank(module, captions, seed=module.request_seed)
+            self.bank = self.build_bank(context, list(context.captions), seed=context.seed)
 
     @torch.no_grad()
-    def build_bank(self, module: UnlearningModule, captions: list[str], seed: int) -> dict[str, torch.Tensor]:
+    def build_bank(self, context: MethodContext, captions: list[str], seed: int) -> dict[str, torch.Tensor]:
         """Run the frozen model's guided trajectories once; keep every (x_t, t, target)."""
-        backbone, ref = module.backbone, module.reference_unet
+        backbone, ref = context.backbone, context.reference_unet
         self.bank_captions = list(captions)
         uncond = TextCondition.from_captions(backbone, [""])
         xs, ts, targets, which = [], [], [], []
@@ -102,18 +92,18 @@ class ESD(UnlearningMethod):
                 targets.append(esd_target(eps_uncond, eps_cond, self.negative_guidance).cpu())
                 which.append(caption_idx)
 
-            ddim_sample(backbone, ref, noise.to(module.device), cond, uncond, self.ddim_steps, self.start_guidance,
+            ddim_sample(backbone, ref, noise.to(context.device), cond, uncond, self.ddim_steps, self.start_guidance,
                         record=record)
         return {"x": torch.cat(xs), "t": torch.cat(ts), "target": torch.cat(targets), "caption": torch.cat(which)}
 
     # -- per step ------------------------------------------------------------------------------
-    def loss(self, module: UnlearningModule, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, context: MethodContext, batch: dict[str, Any]) -> torch.Tensor:
         if self.xt_source == "bank":
-            x_t, t, target, captions = self._draw_from_bank(batch["seed"], module.device)
+            x_t, t, target, captions = self._draw_from_bank(batch["seed"], context.device)
         else:
-            x_t, t, target, captions = self._run_online(module, batch)
-        cond = TextCondition.from_captions(module.backbone, captions)
-        pred = predict_noise(module.unet, x_t, t, cond)
+            x_t, t, target, captions = self._run_online(context, batch)
+        cond = TextCondition.from_captions(context.backbone, captions)
+        pred = predict_noise(context.unet, x_t, t, cond)
         return F.mse_loss(pred.float(), target.float())
 
     def _draw_from_bank(self, seeds: torch.Tensor, device: torch.device):
@@ -125,15 +115,15 @@ class ESD(UnlearningMethod):
         return self.bank["x"][idx].to(device), self.bank["t"][idx].to(device), self.bank["target"][idx].to(device), captions
 
     @torch.no_grad()
-    def _run_online(self, module: UnlearningModule, batch: dict[str, Any]):
-        backbone, ref = module.backbone, module.reference_unet
+    def _run_online(self, context: MethodContext, batch: dict[str, Any]):
+        backbone, ref = context.backbone, context.reference_unet
         seeds: torch.Tensor = batch["seed"]
         captions: list[str] = batch["caption"]
         gen = torch.Generator().manual_seed(int(seeds[0]))
         stop = int(torch.randint(0, self.ddim_steps, (1,), generator=gen))
         cond = TextCondition.from_captions(backbone, captions)
         uncond = TextCondition.from_captions(backbone, [""])
-        noise = seeded_noise(seeds, backbone.latent_shape).to(module.device)
+        noise = seeded_noise(seeds, backbone.latent_shape).to(context.device)
         x_t, t = ddim_sample(backbone, ref, noise, cond, uncond, self.ddim_steps, self.start_guidance, stop_after=stop)
         eps_uncond, eps_cond = noise_pair(ref, x_t, t, cond, uncond)
         return x_t, t.expand(len(seeds)), esd_target(eps_uncond, eps_cond, self.negative_guidance), captions

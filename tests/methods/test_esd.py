@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from lightning_unlearn.methods.esd import ESD, esd_target, seeded_noise
+from lightning_unlearn.methods.esd import ESD, esd_target
+from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.requests import Request
-from lightning_unlearn.sampling import TextCondition, ddim_sample, noise_pair
+from lightning_unlearn.sampling import TextCondition, ddim_sample, noise_pair, seeded_noise
 from lightning_unlearn.unlearning_module import UnlearningModule
 
 
@@ -19,7 +20,7 @@ def test_esd_target_on_known_tensors():
 def module():
     torch.manual_seed(0)
     m = UnlearningModule(method=ESD(ddim_steps=4, bank_trajectories=3, bank_batch=2), trainable="kv-xattn")
-    m.begin_request(0, Request("Van Gogh", "style"), ["a painting in Van Gogh style"])
+    m.begin_request(plan_request([Request("Van Gogh", "style")], 0, "sequential"), ["a painting in Van Gogh style"])
     return m
 
 
@@ -41,7 +42,7 @@ def test_bank_holds_every_step_of_the_frozen_trajectory(module):
 
 def test_loss_trains_only_the_trainable_set_and_pushes_target_away(module):
     batch = {"caption": ["a painting in Van Gogh style"] * 2, "seed": torch.tensor([5, 6])}
-    loss = module.method.loss(module, batch)
+    loss = module.method.loss(module.method_context, batch)
     assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
     loss.backward()
     for name, p in module.unet.named_parameters():
@@ -52,9 +53,10 @@ def test_loss_trains_only_the_trainable_set_and_pushes_target_away(module):
 def test_online_source_gives_a_finite_loss():
     torch.manual_seed(0)
     m = UnlearningModule(method=ESD(ddim_steps=3, xt_source="online"))
-    m.begin_request(0, Request("Cartoon", "style"), ["a painting in Cartoon style"])
+    m.begin_request(plan_request([Request("Cartoon", "style")], 0, "sequential"), ["a painting in Cartoon style"])
     assert m.method.bank is None
-    loss = m.method.loss(m, {"caption": ["a painting in Cartoon style"] * 2, "seed": torch.tensor([1, 2])})
+    batch = {"caption": ["a painting in Cartoon style"] * 2, "seed": torch.tensor([1, 2])}
+    loss = m.method.loss(m.method_context, batch)
     assert torch.isfinite(loss)
 
 
