@@ -47,6 +47,7 @@ def main() -> None:
     from callbacks.selective_finetuning import SelectiveFineTuning
     from datamodules.concept_stream import ConceptStreamDataModule
     from lightning_unlearn.methods import ESD
+    from lightning_unlearn.protocols import plan_request
     from lightning_unlearn.unlearning_module import UnlearningModule
 
     class StepTimer(Callback):
@@ -82,7 +83,7 @@ def main() -> None:
     request = data.requests[index]
     seed_everything(index, verbose=False)
     started = time.perf_counter()
-    module.begin_request(index, request, data.erase_captions(request), already_erased=data.served())
+    module.begin_request(plan_request(data.requests, index, "sequential"), data.erase_captions(request))
     bank_seconds = time.perf_counter() - started
     start_state = {k: v.clone() for k, v in module.trainable_state().items()}
 

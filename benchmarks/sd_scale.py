@@ -101,6 +101,7 @@ def measure(setting: str, folder: Path, args) -> dict:
 
     from datamodules.concept_stream import ConceptStreamDataModule
     from lightning_unlearn.methods import ESD
+    from lightning_unlearn.protocols import plan_request
     from lightning_unlearn.unlearning_module import UnlearningModule
 
     quiet_lightning()
@@ -149,7 +150,7 @@ def measure(setting: str, folder: Path, args) -> dict:
     started = time.perf_counter()
     request = data.requests[0]
     with trainer.precision_plugin.forward_context():
-        module.begin_request(0, request, data.erase_captions(request))
+        module.begin_request(plan_request(data.requests, 0, "sequential"), data.erase_captions(request))
     if cuda:
         torch.cuda.synchronize()
     bank_seconds = time.perf_counter() - started

@@ -94,7 +94,7 @@ class SelectiveFineTuning(RequestCallback):
                 "caption": [captions[(start + j) % len(captions)] for j in range(batch_size)],
                 "seed": torch.arange(base_seed + start, base_seed + start + batch_size),
             }
-            loss = pl_module.method.loss(pl_module, batch)
+            loss = pl_module.method.loss(pl_module.method_context, batch)
             # autograd.grad leaves every p.grad untouched (and DDP's gradient hooks unfired).
             step_grads = torch.autograd.grad(loss, tensors, allow_unused=True)
             present = [(acc, g) for acc, g in zip(grads, step_grads) if g is not None]

@@ -33,6 +33,7 @@ from torch import nn
 
 from lightning_unlearn.atomic_io import load_weights, save_weights, write_json, write_png
 from lightning_unlearn.evaluation import EvaluationSettings, Evaluator
+from lightning_unlearn.fingerprint import base_fingerprint, state_fingerprint
 
 if TYPE_CHECKING:
     from lightning_unlearn.unlearning_module import UnlearningModule
@@ -52,15 +53,6 @@ def default_cache_dir(run_dir: str | Path) -> Path:
     return Path(run_dir).resolve().parent / ".eval_cache"
 
 
-def state_fingerprint(module: nn.Module) -> str:
-    """sha256 over a module's state dict (names, dtypes, shapes and bytes, sorted by name)."""
-    from lightning_unlearn.methods.concept_ablation import hash_state  # imported here, as base_fingerprint is
-
-    digest = hashlib.sha256()
-    hash_state(digest, module.state_dict())
-    return digest.hexdigest()
-
-
 def base_evaluation_recipe(
     module: UnlearningModule, evaluator: Evaluator, precision: str, device: torch.device | str
 ) -> dict[str, Any]:
@@ -68,20 +60,18 @@ def base_evaluation_recipe(
 
     Args:
         module: the unlearning module; its base UNet (pretrained values of the trainable keys),
-            text encoder and noise schedule are fingerprinted by Concept Ablation's
-            :func:`~lightning_unlearn.methods.concept_ablation.base_fingerprint`.
+            text encoder and noise schedule are fingerprinted by
+            :func:`~lightning_unlearn.fingerprint.base_fingerprint` (as Concept Ablation's anchors are).
         evaluator: gives the settings, the vocabulary and the classifier.
         precision: the trainer's precision (``32-true``, ``bf16-mixed``...): sampling runs under it.
         device: where sampling runs (a GPU's kernels do not give a CPU's images bit for bit).
     """
     from diffusers import __version__ as diffusers_version
 
-    from lightning_unlearn.methods.concept_ablation import base_fingerprint
-
     settings = {k: v for k, v in asdict(evaluator.settings).items() if k not in NOT_IN_KEY}
     return {
         "format": CACHE_FORMAT,
-        "base": base_fingerprint(module),
+        "base": base_fingerprint(module.backbone, module.base_state()),
         "classifier": state_fingerprint(evaluator.classifier),
         "settings": settings,
         "vocabulary": json.loads(json.dumps(asdict(evaluator.vocabulary), default=str)),

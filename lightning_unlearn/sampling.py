@@ -7,6 +7,8 @@
   order, so about half the steps reach the same images).
 
 Both run the same loop (:func:`guided_trajectory`) around :func:`noise_pair`.
+:func:`seeded_noise` and :func:`per_sample_randint` draw per-sample randomness that depends on
+each sample's seed alone (shared by the methods).
 """
 
 from __future__ import annotations
@@ -45,6 +47,20 @@ def cat_conditions(a: TextCondition, b: TextCondition) -> TextCondition:
     """Stack two conditions along the batch."""
     mask = None if a.mask is None or b.mask is None else torch.cat([a.mask, b.mask])
     return TextCondition(torch.cat([a.states, b.states]), mask)
+
+
+def seeded_noise(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """One standard-normal latent per seed, on the CPU; sample i depends only on seeds[i].
+
+    Methods draw their starting noise this way so that how a batch is split (DDP ranks, batch
+    size, sampling chunks) never changes any sample.
+    """
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def per_sample_randint(seeds: torch.Tensor, high: int) -> torch.Tensor:
+    """One integer in [0, high) per seed; entry i depends only on seeds[i]."""
+    return torch.cat([torch.randint(0, high, (1,), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
 def predict_noise(unet: UNet2DConditionModel, latents: torch.Tensor, t: torch.Tensor, cond: TextCondition) -> torch.Tensor:

@@ -343,10 +343,8 @@ class StreamRunner:
         protocol = settings.protocol
         merging = settings.merge is not None
         plan_request(self.data.requests, 0, protocol, merging)  # a named error for a bad combination, before any work
-        self.module.run_dir = self.run_dir
         # Work outside fit (base evaluation, x_t banks) runs where training will run.
         self.module.to(self.trainer.strategy.root_device)
-        self.module.vocabulary = self.data.vocabulary
         ledger = self.load_ledger()
         rows = self.results()
         completed = len(ledger["completed"])
@@ -399,8 +397,8 @@ class StreamRunner:
             started = time.perf_counter()
             with self.trainer.precision_plugin.forward_context():
                 self.module.begin_request(
-                    index, request, self.data.training_captions(),
-                    erasing=list(plan.erasing), already_erased=list(plan.already_erased),
+                    plan, self.data.training_captions(), vocabulary=self.data.vocabulary,
+                    cache_dir=self.run_dir / "anchors",
                 )
             for callback in request_callbacks(self.trainer):
                 callback.on_request_start(self.trainer, self.module)

@@ -1,14 +1,17 @@
 """UnlearningModule: the LightningModule that wraps the UNet and the unlearning loss.
 
-Per request (``begin_request``) it freezes a reference copy of the UNet as it stands, selects
-the trainable set, and lets the method prepare its data; ``training_step`` is the method's
-loss. Regularizer callbacks see only parameters, gradients and ``current_request``.
+Per request (``begin_request``, given the protocol's :class:`RequestPlan`) it freezes a
+reference copy of the UNet as it stands, selects the trainable set, builds the request's
+:class:`MethodContext` and lets the method prepare its data; ``training_step`` is the method's
+loss. Regularizer callbacks see only parameters, gradients and the request
+(``current_request``, ``erasing``, ``already_erased``: read from the plan).
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 import torch
@@ -16,7 +19,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 
 from lightning_unlearn.backbone import Backbone, DiffusersBackbone, TinyWorldBackbone
-from lightning_unlearn.methods import ESD, UnlearningMethod
+from lightning_unlearn.methods import ESD, MethodContext, UnlearningMethod
+from lightning_unlearn.protocols import RequestPlan
 from lightning_unlearn.requests import ConceptVocabulary, Request
 from lightning_unlearn.trainable import apply_trainable
 from lightning_unlearn.unet_weights import load_unet_weights
@@ -83,20 +87,7 @@ class UnlearningModule(LightningModule):
             self.unet.enable_gradient_checkpointing()
         self.trainable = trainable
         self.trainable_keys = apply_trainable(self.unet, trainable)
-        self.current_request: Request | None = None
-        self.erasing: list[Request] = []
-        """Concepts the current training erases: the current request alone, or (the
-        simultaneous protocol) every request up to it. ``current_request`` is the last."""
-        self.already_erased: list[Request] = []
-        """Concepts erased in the weights the current request started from (sequential: the
-        requests before it; protocols that restart from the base: none)."""
-        self.request_index = -1
-        self.request_captions: list[str] = []
-        self.run_dir: Path | None = None
-        """The stream's run folder (set by the runner); methods may cache per-run data under it."""
-        self.vocabulary: ConceptVocabulary | None = None
-        """The stream's concept vocabulary (set by the runner); methods that build captions over
-        the other kind's concepts (Concept Ablation) read it. ``None`` outside a stream."""
+        self.clear_request()
         # The pretrained values of the trainable keys: the "base" that anchors, merging and
         # drift compare against, whatever the stream has done since.
         self.__dict__["_base_state"] = {k: v.detach().clone().cpu() for k, v in self.trainable_state().items()}
@@ -110,6 +101,45 @@ class UnlearningModule(LightningModule):
     def reference_unet(self) -> torch.nn.Module:
         """Frozen copy of the UNet as it stood when the current request started."""
         return self.__dict__["_reference_unet"]
+
+    @property
+    def plan(self) -> RequestPlan | None:
+        """The plan of the request being served (``None`` before ``begin_request``)."""
+        return self.__dict__["_plan"]
+
+    @property
+    def current_request(self) -> Request | None:
+        """The request being served (``None`` before ``begin_request``)."""
+        plan = self.plan
+        return None if plan is None else plan.request
+
+    @property
+    def erasing(self) -> tuple[Request, ...]:
+        """Concepts the current training erases: the current request alone, or (the
+        simultaneous protocol) every request up to it. ``current_request`` is the last."""
+        plan = self.plan
+        return () if plan is None else plan.erasing
+
+    @property
+    def already_erased(self) -> tuple[Request, ...]:
+        """Concepts erased in the weights the current request started from (sequential: the
+        requests before it; protocols that restart from the base: none)."""
+        plan = self.plan
+        return () if plan is None else plan.already_erased
+
+    @property
+    def request_index(self) -> int:
+        """Position of the current request in its stream (-1 before ``begin_request``)."""
+        plan = self.plan
+        return -1 if plan is None else plan.index
+
+    @property
+    def method_context(self) -> MethodContext:
+        """What the method sees of the current request (built by ``begin_request``)."""
+        context = self.__dict__["_method_context"]
+        if context is None:
+            raise RuntimeError("no request is being served: call begin_request first")
+        return context
 
     @property
     def request_seed(self) -> int:
@@ -126,36 +156,73 @@ class UnlearningModule(LightningModule):
         # has no modules it keeps in float32.
         return torch.nn.Module.to(reference, REFERENCE_DTYPES[self.hparams.get("reference_dtype", "float32")])
 
+    def frozen_base_copy(self) -> torch.nn.Module:
+        """A frozen copy of the *base* UNet (pretrained values of the trainable keys, whatever the
+        stream has trained since), in ``reference_dtype``, on the UNet's device."""
+        base = self.frozen_reference_copy()
+        params = dict(base.named_parameters())
+        with torch.no_grad():
+            for name, value in self.base_state().items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+        return base
+
     def base_state(self) -> dict[str, torch.Tensor]:
         """Pretrained values of the trainable keys (CPU tensors, never trained)."""
         return self.__dict__["_base_state"]
 
     def begin_request(
         self,
-        index: int,
-        request: Request,
+        plan: RequestPlan,
         captions: list[str],
-        erasing: list[Request] | None = None,
-        already_erased: list[Request] | None = None,
+        vocabulary: ConceptVocabulary | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
-        """Start serving ``request`` (the ``index``-th): freeze the reference, prepare the method.
+        """Start serving ``plan.request``: freeze the reference, build the method's context,
+        prepare the method.
 
-        ``captions`` are the training captions; ``erasing`` the concepts they erase (default:
-        ``[request]``); ``already_erased`` the concepts the current weights have already had
-        erased (default: none).
+        Args:
+            plan: what the request trains (``lightning_unlearn.protocols.plan_request``); kept
+                as given: ``current_request``, ``erasing``, ``already_erased`` and
+                ``request_index`` read it.
+            captions: the training captions (of the concepts ``plan.erasing`` names).
+            vocabulary: the stream's concepts, for methods that caption over them (Concept
+                Ablation); unset = the tiny world's.
+            cache_dir: where the method may cache data across requests and runs (the stream
+                passes ``<run_dir>/anchors``); unset = in memory only.
         """
-        self.current_request = request
-        self.erasing = list(erasing) if erasing is not None else [request]
-        if self.erasing[-1] != request:
-            raise ValueError(f"the request being served ({request.concept!r}) must be the last concept erased")
-        self.already_erased = list(already_erased or [])
-        self.request_index = index
+        if not plan.erasing or plan.erasing[-1] != plan.request:
+            raise ValueError(f"the request being served ({plan.request.concept!r}) must be the last concept erased")
+        self.__dict__["_plan"] = plan
         self.request_captions = list(captions)
         reference = self.frozen_reference_copy()
         # Kept outside the module tree: not trained, not checkpointed, not moved twice.
         self.__dict__["_reference_unet"] = reference
         self.trainable_keys = apply_trainable(self.unet, self.trainable)
-        self.method.prepare_request(self, self.request_captions)
+        context = MethodContext(
+            unet=self.unet,
+            reference_unet=reference,
+            backbone=self.backbone,
+            erasing=plan.erasing,
+            already_erased=plan.already_erased,
+            captions=tuple(self.request_captions),
+            seed=self.request_seed,
+            run_seed=int(self.hparams.seed),
+            reference_dtype=self.hparams.get("reference_dtype", "float32"),
+            vocabulary=vocabulary if vocabulary is not None else ConceptVocabulary(),
+            cache_dir=None if cache_dir is None else Path(cache_dir),
+            base_state=MappingProxyType(self.base_state()),  # a live, read-only view
+            base_unet=self.frozen_base_copy,
+        )
+        self.__dict__["_method_context"] = context
+        self.method.prepare_request(context)
+
+    def clear_request(self) -> None:
+        """Forget the request being served (plan, captions, reference copy, method context): the
+        state of a module that has served none."""
+        self.__dict__["_plan"] = None
+        self.__dict__["_method_context"] = None
+        self.__dict__.pop("_reference_unet", None)
+        self.request_captions: list[str] = []
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trainable keys' current values (what a request's checkpoint holds)."""
@@ -193,7 +260,7 @@ class UnlearningModule(LightningModule):
             state.setdefault(key, value)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.method.loss(self, batch)
+        loss = self.method.loss(self.method_context, batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite unlearning loss ({float(loss)}) at step {self.global_step} of request "

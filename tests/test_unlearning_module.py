@@ -36,6 +36,7 @@ def test_loading_weights_of_another_model_is_refused():
 # -- precision and memory options ------------------------------------------------------------
 
 from lightning_unlearn.methods import ESD, ConceptAblation  # noqa: E402
+from lightning_unlearn.protocols import plan_request  # noqa: E402
 from lightning_unlearn.requests import Request  # noqa: E402
 
 VAN_GOGH = Request("Van Gogh", "style")
@@ -47,7 +48,8 @@ def _train(module: UnlearningModule, steps: int = 3) -> float:
     opt = torch.optim.AdamW([p for p in module.unet.parameters() if p.requires_grad], lr=1e-3)
     before = {k: v.clone() for k, v in module.trainable_state().items()}
     for i in range(steps):
-        loss = module.method.loss(module, {"caption": [CAPTION] * 2, "seed": torch.tensor([2 * i, 2 * i + 1])})
+        batch = {"caption": [CAPTION] * 2, "seed": torch.tensor([2 * i, 2 * i + 1])}
+        loss = module.method.loss(module.method_context, batch)
         assert torch.isfinite(loss) and loss > 0
         opt.zero_grad()
         loss.backward()
@@ -68,8 +70,7 @@ def _train(module: UnlearningModule, steps: int = 3) -> float:
 )
 def test_a_low_precision_reference_serves_a_request_for_an_fp32_unet(method, dtype, tmp_path):
     module = UnlearningModule(method=method(), trainable="kv-xattn", reference_dtype=dtype)
-    module.run_dir = tmp_path
-    module.begin_request(0, VAN_GOGH, [CAPTION])
+    module.begin_request(plan_request([VAN_GOGH], 0, "sequential"), [CAPTION], cache_dir=tmp_path)
     assert {p.dtype for p in module.reference_unet.parameters()} == {getattr(torch, dtype)}
     assert {p.dtype for p in module.unet.parameters()} == {torch.float32}
     bank = getattr(module.method, "bank", None)
@@ -82,7 +83,7 @@ def test_a_low_precision_reference_serves_a_request_for_an_fp32_unet(method, dty
 
 def test_bf16_reference_predicts_close_to_the_fp32_one():
     module = UnlearningModule(method=ESD(ddim_steps=3, bank_trajectories=2, bank_batch=2), reference_dtype="bfloat16")
-    module.begin_request(0, VAN_GOGH, [CAPTION])
+    module.begin_request(plan_request([VAN_GOGH], 0, "sequential"), [CAPTION])
     from lightning_unlearn.sampling import TextCondition, predict_noise
 
     x = torch.randn(2, *module.backbone.latent_shape, generator=torch.Generator().manual_seed(0))
@@ -99,7 +100,7 @@ def test_bf16_reference_predicts_close_to_the_fp32_one():
 
 def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients():
     module = UnlearningModule(method=ESD(ddim_steps=3, bank_trajectories=2, bank_batch=2), trainable="esd-x")
-    module.begin_request(0, VAN_GOGH, [CAPTION])
+    module.begin_request(plan_request([VAN_GOGH], 0, "sequential"), [CAPTION])
     module.train()
     batch = {"caption": [CAPTION] * 2, "seed": torch.tensor([3, 4])}
     calls = []
@@ -116,7 +117,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients
     def loss_and_grads():
         module.unet.zero_grad(set_to_none=True)
         calls.clear()
-        loss = module.method.loss(module, batch)
+        loss = module.method.loss(module.method_context, batch)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in module.unet.named_parameters() if p.grad is not None}
         return loss.detach(), grads, len(calls)
@@ -133,7 +134,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients
 
     switched = UnlearningModule(method=ESD(ddim_steps=2, bank_trajectories=1), gradient_checkpointing=True)
     assert switched.unet.is_gradient_checkpointing
-    switched.begin_request(0, VAN_GOGH, [CAPTION])
+    switched.begin_request(plan_request([VAN_GOGH], 0, "sequential"), [CAPTION])
     assert not switched.reference_unet.is_gradient_checkpointing  # forward-only: nothing to save
 
 
@@ -149,3 +150,65 @@ def test_attention_is_torch_sdpa_not_xformers(tiny_sd_folder):
         kinds = {type(p) for p in processors.values()}
         assert processors and kinds == {AttnProcessor2_0}, kinds
     assert "xformers" not in sys.modules
+
+
+# -- request state: the plan is the one owner; methods see a MethodContext ---------------------
+
+
+def test_begin_request_keeps_the_plan_and_gives_the_method_a_narrow_context(tmp_path):
+    from dataclasses import FrozenInstanceError
+
+    from lightning_unlearn.methods import MethodContext
+    from lightning_unlearn.protocols import RequestPlan
+
+    seen: list[MethodContext] = []
+
+    class Recording(ESD):
+        def prepare_request(self, context: MethodContext) -> None:
+            seen.append(context)
+
+    module = UnlearningModule(method=Recording(), trainable="kv-xattn", seed=3)
+    assert (module.plan, module.current_request, module.erasing, module.request_index) == (None, None, (), -1)
+    with pytest.raises(RuntimeError, match="call begin_request first"):
+        module.method_context
+    cartoon, picasso = Request("Cartoon", "style"), Request("Picasso", "style")
+    plan = plan_request([VAN_GOGH, cartoon, picasso], 2, "sequential")
+    vocabulary = ConceptStreamDataModule(requests=["Van Gogh"]).vocabulary
+    module.begin_request(plan, [CAPTION], vocabulary=vocabulary, cache_dir=tmp_path)
+    # The module reads the plan it was given, not copies of its fields.
+    assert module.plan is plan and module.current_request is picasso and module.request_index == 2
+    assert module.erasing is plan.erasing and module.already_erased is plan.already_erased == (VAN_GOGH, cartoon)
+    with pytest.raises(AttributeError):
+        module.current_request = cartoon  # read-only: the plan is the one owner
+
+    [context] = seen
+    assert context is module.method_context
+    assert context.unet is module.unet and context.reference_unet is module.reference_unet
+    assert context.backbone is module.backbone and context.device == module.device
+    assert (context.request, context.erasing, context.already_erased) == (picasso, (picasso,), (VAN_GOGH, cartoon))
+    assert context.captions == (CAPTION,) and context.vocabulary is vocabulary and context.cache_dir == tmp_path
+    assert (context.seed, context.run_seed, context.reference_dtype) == (module.request_seed, 3, "float32")
+    assert context.seed == 3 * 10_007 + 2
+    with pytest.raises(FrozenInstanceError):
+        context.seed = 0
+    with pytest.raises(TypeError):
+        context.base_state["x"] = torch.zeros(1)  # a read-only view of the module's base
+
+    # base_unet() holds the pretrained values even after training moved the current ones.
+    key = module.trainable_keys[0]
+    with torch.no_grad():
+        module.unet.get_parameter(key).add_(1.0)
+    base = context.base_unet()
+    assert not base.get_parameter(key).requires_grad and base is not module.unet
+    torch.testing.assert_close(base.get_parameter(key), module.base_state()[key], rtol=0, atol=0)
+    assert not torch.equal(base.get_parameter(key), module.unet.get_parameter(key))
+
+    # Every default: the tiny world's vocabulary, no cache folder.
+    module.begin_request(plan_request([VAN_GOGH], 0, "sequential"), [CAPTION])
+    assert seen[-1].vocabulary == vocabulary.__class__() and seen[-1].cache_dir is None
+
+    wrong = RequestPlan(0, VAN_GOGH, (VAN_GOGH, cartoon), (), True, (VAN_GOGH, cartoon))
+    with pytest.raises(ValueError, match="must be the last concept erased"):
+        module.begin_request(wrong, [CAPTION])
+    module.clear_request()
+    assert module.plan is None and module.request_captions == []

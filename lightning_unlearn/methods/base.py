@@ -1,30 +1,30 @@
 """The method interface: what an unlearning method must provide to the UnlearningModule.
 
 A method is only a loss (plus per-request preparation). It never sees regularizers, and
-regularizers never look inside it: they see parameters, gradients and the request.
+regularizers never look inside it: they see parameters, gradients and the request. Nor does it
+see the module: everything it may use comes in a :class:`MethodContext`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from lightning_unlearn.unlearning_module import UnlearningModule
+from lightning_unlearn.methods.context import MethodContext
 
 
 class UnlearningMethod:
     """Base class of unlearning losses (ESD, Concept Ablation, ...)."""
 
-    def prepare_request(self, module: UnlearningModule, captions: list[str]) -> None:
+    def prepare_request(self, context: MethodContext) -> None:
         """Build what this request needs (x_t banks, anchor data...) before training starts.
 
-        Called once per request, after ``module.reference_unet`` has been frozen from the
-        weights the request starts from. ``captions`` name the concept being erased.
+        Called once per request, after ``context.reference_unet`` has been frozen from the
+        weights the request starts from. ``context.captions`` name the concepts being erased.
         """
 
-    def loss(self, module: UnlearningModule, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, context: MethodContext, batch: dict[str, Any]) -> torch.Tensor:
         """The unlearning loss of one batch (``caption``: list[str], ``seed``: [B] tensor)."""
         raise NotImplementedError
 

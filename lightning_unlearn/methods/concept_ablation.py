@@ -12,11 +12,11 @@ own behaviour is what the target is pulled onto.
 
 Anchor images are generated once by the *base* model (the pretrained weights, not the
 checkpoint the request starts from) with guided DDIM from the anchor captions, and kept as
-latents. They are cached in memory and as safetensors under ``cache_dir`` (default
-``<run_dir>/anchors``), keyed by everything that determines them -- the anchor captions, the
-number of images, the sampler settings, the seed and a fingerprint of the base weights and text
-encoder -- so every request that shares an anchor, and every later run on the same base, reuses
-them, and a different base never does.
+latents. They are cached in memory and as safetensors under ``cache_dir`` (default: the
+context's ``cache_dir``, which the stream sets to ``<run_dir>/anchors``), keyed by everything
+that determines them -- the anchor captions, the number of images, the sampler settings, the
+seed and a fingerprint of the base weights and text encoder -- so every request that shares an
+anchor, and every later run on the same base, reuses them, and a different base never does.
 
 The method trains on its own caption pairs; the stream's training captions (``batch["caption"]``)
 are not used, only the batch's seeds, which make every draw (anchor image, timestep, noise)
@@ -31,7 +31,7 @@ import json
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +39,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_unlearn.atomic_io import load_weights, save_weights
+from lightning_unlearn.fingerprint import base_fingerprint
 from lightning_unlearn.methods.base import UnlearningMethod
-from lightning_unlearn.methods.esd import seeded_noise
+from lightning_unlearn.methods.context import MethodContext
 from lightning_unlearn.requests import ConceptVocabulary, Request
-from lightning_unlearn.sampling import TextCondition, ddim_sample, predict_noise
-
-if TYPE_CHECKING:
-    from lightning_unlearn.unlearning_module import UnlearningModule
+from lightning_unlearn.sampling import TextCondition, ddim_sample, predict_noise, seeded_noise
 
 #: Tiny-world anchor of each object: a similar-looking shape, so the erased object turns into a
 #: plausible neighbour rather than into noise. Where the default 8-request object stream allows,
@@ -112,30 +110,6 @@ def caption_pairs(
     return [a for a, _ in pairs], [t for _, t in pairs]
 
 
-def hash_state(digest: Any, state: Mapping[str, torch.Tensor]) -> None:
-    """Feed a state dict into ``digest``: names, dtypes, shapes and bytes, sorted by name."""
-    for key in sorted(state):
-        tensor = state[key].detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{key}|{tensor.dtype}|{tuple(state[key].shape)}\n".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
-
-
-def base_fingerprint(module: UnlearningModule) -> str:
-    """sha256 of the base model that generates anchors: the UNet with the pretrained values of
-    the trainable keys (whatever the stream has trained since), the text encoder, the schedule.
-    """
-    digest = hashlib.sha256()
-    digest.update(type(module.backbone).__name__.encode())
-    digest.update(json.dumps(module.backbone.scheduler_config, sort_keys=True, default=str).encode())
-    # Only the trainable keys ever move during a stream; the rest of the UNet still is the base.
-    unet_state = {**module.unet.state_dict(), **module.base_state()}
-    hash_state(digest, unet_state)
-    text_encoder = getattr(module.backbone, "text_encoder", None)
-    if isinstance(text_encoder, nn.Module):
-        hash_state(digest, text_encoder.state_dict())
-    return digest.hexdigest()
-
-
 def anchor_cache_key(
     captions: Sequence[str], num_images: int, sampler: Mapping[str, Any], seed: int, fingerprint: str
 ) -> str:
@@ -177,8 +151,8 @@ class ConceptAblation(UnlearningMethod):
             ddim_steps: DDIM steps of the base model's anchor generation.
             guidance: classifier-free guidance of the anchor generation.
             sample_batch: anchor images generated together.
-            cache_dir: folder of the anchor cache; unset = ``<run_dir>/anchors`` (in memory only
-                when the module has no run folder).
+            cache_dir: folder of the anchor cache; unset = the request's cache folder
+                (``<run_dir>/anchors`` in a stream; in memory only when there is none).
         """
         if images_per_anchor < 1:
             raise ValueError(f"images_per_anchor must be at least 1, got {images_per_anchor}")
@@ -198,19 +172,20 @@ class ConceptAblation(UnlearningMethod):
         """Where the current request's anchors came from (for logs and tests)."""
         # Anchor sets by cache key: requests sharing an anchor skip even the disk read.
         self._memory: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        # Base fingerprints by module (weak: a dead module's entry must not outlive it).
+        # Base fingerprints by trained UNet, one per module (weak: a dead UNet's entry must not
+        # outlive it). Keyed by the UNet, not by the context: a context lives one request.
         self._fingerprints: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
     # -- per request ---------------------------------------------------------------------------
-    def prepare_request(self, module: UnlearningModule, captions: list[str]) -> None:
-        vocabulary = module.vocabulary if module.vocabulary is not None else ConceptVocabulary()
+    def prepare_request(self, context: MethodContext) -> None:
+        vocabulary = context.vocabulary
         anchor_captions: list[str] = []
         target_captions: list[str] = []
         latents, index = [], []
-        for request in self.requests_to_erase(module):
+        for request in context.erasing:
             anchors, targets = caption_pairs(request, vocabulary, self.anchors)
             label = anchor_concept(request, self.anchors) or "plain"
-            request_latents, request_index = self.anchor_images(module, anchors, label=label)
+            request_latents, request_index = self.anchor_images(context, anchors, label=label)
             latents.append(request_latents)
             index.append(request_index + len(anchor_captions))
             anchor_captions += anchors
@@ -218,63 +193,56 @@ class ConceptAblation(UnlearningMethod):
         self.anchor_captions, self.target_captions = anchor_captions, target_captions
         self.latents, self.caption_index = torch.cat(latents), torch.cat(index)
 
-    def requests_to_erase(self, module: UnlearningModule) -> list[Request]:
-        """The concepts this training erases (``module.erasing``: the current request, or all
-        requests so far under the simultaneous protocol), one anchor set and caption-pair list each."""
-        if module.current_request is None:
-            raise RuntimeError("ConceptAblation needs module.current_request: call module.begin_request")
-        return list(module.erasing) or [module.current_request]
-
-    def sampler_settings(self, module: UnlearningModule) -> dict[str, Any]:
+    def sampler_settings(self, context: MethodContext) -> dict[str, Any]:
         """Everything about the sampler that changes the anchor images."""
         settings = {"ddim_steps": self.ddim_steps, "guidance": float(self.guidance),
-                    "latent_shape": list(module.backbone.latent_shape)}
-        dtype = module.hparams.get("reference_dtype", "float32")
+                    "latent_shape": list(context.backbone.latent_shape)}
+        dtype = context.reference_dtype
         if dtype != "float32":  # a lower-precision base samples (slightly) different images
             settings["dtype"] = dtype
         return settings
 
-    def cache_key(self, module: UnlearningModule, captions: Sequence[str]) -> str:
-        """Cache key of the anchor set for ``captions`` on ``module``'s base."""
-        fingerprint = self._fingerprints.get(module)
+    def cache_key(self, context: MethodContext, captions: Sequence[str]) -> str:
+        """Cache key of the anchor set for ``captions`` on the context's base model."""
+        fingerprint = self._fingerprints.get(context.unet)
         if fingerprint is None:
             # Hashing the whole base is a one-off per module: the base never changes.
-            fingerprint = self._fingerprints[module] = base_fingerprint(module)
-        return anchor_cache_key(captions, self.images_per_anchor, self.sampler_settings(module),
-                                module.hparams.seed, fingerprint)
+            fingerprint = self._fingerprints[context.unet] = base_fingerprint(context.backbone, context.base_state)
+        return anchor_cache_key(captions, self.images_per_anchor, self.sampler_settings(context),
+                                context.run_seed, fingerprint)
 
-    def cache_folder(self, module: UnlearningModule) -> Path | None:
-        """Where anchor files live: ``cache_dir``, else ``<run_dir>/anchors``, else nowhere."""
+    def cache_folder(self, context: MethodContext) -> Path | None:
+        """Where anchor files live: ``cache_dir``, else the context's cache folder, else nowhere."""
         if self.cache_dir is not None:
             return Path(self.cache_dir)
-        return None if module.run_dir is None else Path(module.run_dir) / "anchors"
+        return context.cache_dir
 
-    def anchor_images(self, module: UnlearningModule, captions: list[str], label: str = "anchor"
+    def anchor_images(self, context: MethodContext, captions: list[str], label: str = "anchor"
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """(latents [N, C, H, W], caption index [N]) for ``captions``: from memory, disk, or the base model."""
-        key = self.cache_key(module, captions)
+        key = self.cache_key(context, captions)
         if key in self._memory:
             self.anchor_source = "memory"
             return self._memory[key]
-        folder = self.cache_folder(module)
+        folder = self.cache_folder(context)
         path = None if folder is None else folder / f"{_slug(label)}-{key[:24]}.safetensors"
-        loaded = self._load(path, module) if path is not None else None
+        loaded = self._load(path, context) if path is not None else None
         if loaded is not None:
             self.anchor_source = "disk"
             rank_zero_info(f"Concept Ablation: {len(loaded[0])} anchor images for {label!r} from {path}")
         else:
-            loaded = self._generate(module, captions)
+            loaded = self._generate(context, captions)
             self.anchor_source = "generated"
             if path is not None:
                 meta = {"captions": json.dumps(captions), "key": key, "format": str(CACHE_FORMAT),
-                        "sampler": json.dumps(self.sampler_settings(module)), "seed": str(module.hparams.seed)}
+                        "sampler": json.dumps(self.sampler_settings(context)), "seed": str(context.run_seed)}
                 save_weights({"latents": loaded[0], "caption_index": loaded[1]}, path, metadata=meta)
             rank_zero_info(f"Concept Ablation: generated {len(loaded[0])} anchor images for {label!r}"
                            + (f" into {path}" if path is not None else ""))
         self._memory[key] = loaded
         return loaded
 
-    def _load(self, path: Path, module: UnlearningModule) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _load(self, path: Path, context: MethodContext) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not path.is_file():
             return None
         try:
@@ -283,23 +251,20 @@ class ConceptAblation(UnlearningMethod):
             rank_zero_info(f"Concept Ablation: ignoring unreadable anchor cache {path}: {err}")
             return None
         latents, index = tensors.get("latents"), tensors.get("caption_index")
-        expected = (self.images_per_anchor, *module.backbone.latent_shape)
+        expected = (self.images_per_anchor, *context.backbone.latent_shape)
         if latents is None or index is None or tuple(latents.shape) != expected or index.shape != (expected[0],):
             rank_zero_info(f"Concept Ablation: ignoring anchor cache {path} of unexpected shape")
             return None
         return latents.float(), index.long()
 
     @torch.no_grad()
-    def _generate(self, module: UnlearningModule, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, context: MethodContext, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Guided DDIM from the base model: ``images_per_anchor`` latents cycling over ``captions``."""
-        backbone = module.backbone
-        # A frozen copy in the module's reference dtype (bf16 halves an SD UNet's copy).
-        base = module.frozen_reference_copy()
-        params = dict(base.named_parameters())
-        for name, value in module.base_state().items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
+        backbone = context.backbone
+        # A frozen copy in the reference dtype (bf16 halves an SD UNet's copy).
+        base = context.base_unet()
         uncond = TextCondition.from_captions(backbone, [""])
-        seed = int(module.hparams.seed)
+        seed = int(context.run_seed)
         latents = []
         index = torch.arange(self.images_per_anchor) % len(captions)
         for start in range(0, self.images_per_anchor, self.sample_batch):
@@ -307,17 +272,17 @@ class ConceptAblation(UnlearningMethod):
             cond = TextCondition.from_captions(backbone, [captions[int(index[i])] for i in idx])
             # Image i's noise depends only on (seed, i): the batch size never changes the images.
             noise = seeded_noise(torch.tensor([seed * 100_019 + i for i in idx]), backbone.latent_shape)
-            x0, _ = ddim_sample(backbone, base, noise.to(module.device), cond, uncond, self.ddim_steps, self.guidance)
+            x0, _ = ddim_sample(backbone, base, noise.to(context.device), cond, uncond, self.ddim_steps, self.guidance)
             latents.append(x0.float().cpu())
         del base
         return torch.cat(latents), index
 
     # -- per step ------------------------------------------------------------------------------
-    def loss(self, module: UnlearningModule, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, context: MethodContext, batch: dict[str, Any]) -> torch.Tensor:
         assert self.latents is not None and self.caption_index is not None, "prepare_request runs before training"
         seeds: torch.Tensor = batch["seed"]
         batch_size = len(seeds)
-        backbone = module.backbone
+        backbone = context.backbone
         scheduler = backbone.training_scheduler()
         # Sample i's draws (anchor image, timestep, noise) depend only on seeds[i], so how a
         # global batch is split (DDP ranks, batch size) never changes what it trains on.
@@ -328,12 +293,12 @@ class ConceptAblation(UnlearningMethod):
             t[i] = torch.randint(0, int(scheduler.config.num_train_timesteps), (1,), generator=gen)
             noise.append(torch.randn(self.latents.shape[1:], generator=gen))
         noise = torch.stack(noise)
-        x_t = scheduler.add_noise(self.latents[pick], noise, t).to(module.device)
-        t = t.to(module.device)
+        x_t = scheduler.add_noise(self.latents[pick], noise, t).to(context.device)
+        t = t.to(context.device)
         pairs = self.caption_index[pick].tolist()
         anchor_cond = TextCondition.from_captions(backbone, [self.anchor_captions[i] for i in pairs])
         target_cond = TextCondition.from_captions(backbone, [self.target_captions[i] for i in pairs])
         with torch.no_grad():
-            eps_anchor = predict_noise(module.unet, x_t, t, anchor_cond)
-        eps_target = predict_noise(module.unet, x_t, t, target_cond)
+            eps_anchor = predict_noise(context.unet, x_t, t, anchor_cond)
+        eps_target = predict_noise(context.unet, x_t, t, target_cond)
         return concept_ablation_loss(eps_target, eps_anchor)

@@ -40,35 +40,25 @@ random step. ``xt_source`` says whose trajectory and which t:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.methods.base import UnlearningMethod
-from lightning_unlearn.sampling import TextCondition, cat_conditions, ddim_sample, noise_pair, predict_noise
+from lightning_unlearn.methods.context import MethodContext
+from lightning_unlearn.sampling import (
+    TextCondition, cat_conditions, ddim_sample, noise_pair, per_sample_randint, predict_noise, seeded_noise,
+)
 
 XT_SOURCES: tuple[str, ...] = ("bank", "online", "reference")
 """Where ESD's x_t comes from (see the module docstring)."""
-
-if TYPE_CHECKING:
-    from lightning_unlearn.unlearning_module import UnlearningModule
 
 
 def esd_target(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, negative_guidance: float) -> torch.Tensor:
     """e0 - eta * (ep - e0): the frozen model's noise guided *away* from the concept."""
     return eps_uncond - negative_guidance * (eps_cond - eps_uncond)
-
-
-def seeded_noise(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """One standard-normal latent per seed; sample i depends only on seeds[i]."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-
-
-def per_sample_randint(seeds: torch.Tensor, high: int) -> torch.Tensor:
-    """One integer in [0, high) per seed; entry i depends only on seeds[i]."""
-    return torch.cat([torch.randint(0, high, (1,), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
 def ddpm_range_of_stop(t_enc: int, ddim_steps: int, num_train_timesteps: int) -> tuple[int, int]:
@@ -138,15 +128,15 @@ class ESD(UnlearningMethod):
         self.bank_captions: list[str] = []
 
     # -- per request ---------------------------------------------------------------------------
-    def prepare_request(self, module: UnlearningModule, captions: list[str]) -> None:
+    def prepare_request(self, context: MethodContext) -> None:
         self.bank = None
         if self.xt_source == "bank":
-            self.bank = self.build_bank(module, captions, seed=module.request_seed)
+            self.bank = self.build_bank(context, list(context.captions), seed=context.seed)
 
     @torch.no_grad()
-    def build_bank(self, module: UnlearningModule, captions: list[str], seed: int) -> dict[str, torch.Tensor]:
+    def build_bank(self, context: MethodContext, captions: list[str], seed: int) -> dict[str, torch.Tensor]:
         """Run the frozen model's guided trajectories once; keep every (x_t, t, target)."""
-        backbone, ref = module.backbone, module.reference_unet
+        backbone, ref = context.backbone, context.reference_unet
         self.bank_captions = list(captions)
         uncond = TextCondition.from_captions(backbone, [""])
         xs, ts, targets, which = [], [], [], []
@@ -163,21 +153,21 @@ class ESD(UnlearningMethod):
                 targets.append(esd_target(eps_uncond, eps_cond, self.negative_guidance).cpu())
                 which.append(caption_idx)
 
-            ddim_sample(backbone, ref, noise.to(module.device), cond, uncond, self.ddim_steps, self.start_guidance,
+            ddim_sample(backbone, ref, noise.to(context.device), cond, uncond, self.ddim_steps, self.start_guidance,
                         record=record)
         return {"x": torch.cat(xs), "t": torch.cat(ts), "target": torch.cat(targets), "caption": torch.cat(which)}
 
     # -- per step ------------------------------------------------------------------------------
-    def loss(self, module: UnlearningModule, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, context: MethodContext, batch: dict[str, Any]) -> torch.Tensor:
         if self.xt_source == "bank":
-            x_t, t, target, captions = self._draw_from_bank(batch["seed"], module.device)
+            x_t, t, target, captions = self._draw_from_bank(batch["seed"], context.device)
         elif self.xt_source == "reference":
-            draw = self.reference_xt(module, batch["seed"], batch["caption"])
+            draw = self.reference_xt(context, batch["seed"], batch["caption"])
             x_t, t, target, captions = draw["x"], draw["t"], draw["target"], batch["caption"]
         else:
-            x_t, t, target, captions = self._run_online(module, batch)
-        cond = TextCondition.from_captions(module.backbone, captions)
-        pred = predict_noise(module.unet, x_t, t, cond)
+            x_t, t, target, captions = self._run_online(context, batch)
+        cond = TextCondition.from_captions(context.backbone, captions)
+        pred = predict_noise(context.unet, x_t, t, cond)
         return F.mse_loss(pred.float(), target.float())
 
     def _draw_from_bank(self, seeds: torch.Tensor, device: torch.device):
@@ -189,29 +179,29 @@ class ESD(UnlearningMethod):
         return self.bank["x"][idx].to(device), self.bank["t"][idx].to(device), self.bank["target"][idx].to(device), captions
 
     @torch.no_grad()
-    def _run_online(self, module: UnlearningModule, batch: dict[str, Any]):
-        backbone, ref = module.backbone, module.reference_unet
+    def _run_online(self, context: MethodContext, batch: dict[str, Any]):
+        backbone, ref = context.backbone, context.reference_unet
         seeds: torch.Tensor = batch["seed"]
         captions: list[str] = batch["caption"]
         gen = torch.Generator().manual_seed(int(seeds[0]))
         stop = int(torch.randint(0, self.ddim_steps, (1,), generator=gen))
         cond = TextCondition.from_captions(backbone, captions)
         uncond = TextCondition.from_captions(backbone, [""])
-        noise = seeded_noise(seeds, backbone.latent_shape).to(module.device)
+        noise = seeded_noise(seeds, backbone.latent_shape).to(context.device)
         x_t, t = ddim_sample(backbone, ref, noise, cond, uncond, self.ddim_steps, self.start_guidance, stop_after=stop)
         eps_uncond, eps_cond = noise_pair(ref, x_t, t, cond, uncond)
         return x_t, t.expand(len(seeds)), esd_target(eps_uncond, eps_cond, self.negative_guidance), captions
 
     @torch.no_grad()
-    def reference_xt(self, module: UnlearningModule, seeds: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
+    def reference_xt(self, context: MethodContext, seeds: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
         """x_t, the UNet timestep and the target as the ESD reference code draws them.
 
-        Returns ``x`` [B, C, H, W] (sampled with ``module.unet``, the model being trained),
+        Returns ``x`` [B, C, H, W] (sampled with ``context.unet``, the model being trained),
         ``t`` [B] (t_ddpm, what every UNet is called with), ``target`` [B, C, H, W] (from the
         frozen copy at (x, t)), ``t_enc`` [B] (stop steps) and ``t_own`` [B] (the grid
         timestep x sits at; -1 when fully denoised). See the module docstring.
         """
-        backbone, device = module.backbone, module.device
+        backbone, device = context.backbone, context.device
         scheduler = backbone.sampling_scheduler()
         scheduler.set_timesteps(self.ddim_steps, device=device)
         grid = scheduler.timesteps
@@ -229,12 +219,12 @@ class ESD(UnlearningMethod):
         for i in range(1, int(steps.max()) + 1):
             active = (steps >= i).nonzero().squeeze(1).to(device)
             sub = TextCondition(cond.states[active], None if cond.mask is None else cond.mask[active])
-            eps_uncond, eps_cond = noise_pair(module.unet, x[active], grid[i], sub, uncond)
+            eps_uncond, eps_cond = noise_pair(context.unet, x[active], grid[i], sub, uncond)
             eps = eps_uncond + self.start_guidance * (eps_cond - eps_uncond)
             x[active] = scheduler.step(eps, grid[i], x[active]).prev_sample
         # The frozen copy's two predictions at (x, t_ddpm), one call; each sample its own t.
         both = cat_conditions(uncond.expand(len(x)), cond)
-        eps = predict_noise(module.reference_unet, torch.cat([x, x]), torch.cat([t_ddpm, t_ddpm]), both)
+        eps = predict_noise(context.reference_unet, torch.cat([x, x]), torch.cat([t_ddpm, t_ddpm]), both)
         eps_uncond, eps_cond = eps.chunk(2)
         own = [int(grid[n + 1]) if n + 1 < self.ddim_steps else -1 for n in steps.tolist()]
         return {

@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from callbacks.base import request_callbacks
 from datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.methods import ESD
+from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.trainable import apply_trainable
 from lightning_unlearn.unlearning_module import UnlearningModule
 
@@ -32,7 +33,7 @@ def module(_shared_module) -> UnlearningModule:
     m.trainable_keys = apply_trainable(m.unet, "esd-x")
     m.optimizer_factory = None
     m.hparams.lr = 1e-3
-    m.request_index, m.current_request, m.request_captions = -1, None, []
+    m.clear_request()
     m.unet.zero_grad(set_to_none=True)
     return m
 
@@ -70,7 +71,7 @@ def serve() -> Serve:
             seed_everything(index, verbose=False)
             data.set_position(index)
             request = data.requests[index]
-            module.begin_request(index, request, data.erase_captions(request), already_erased=data.served())
+            module.begin_request(plan_request(data.requests, index, "sequential"), data.erase_captions(request))
             for callback in request_callbacks(trainer):
                 callback.on_request_start(trainer, module)
             trainer.fit_loop.epoch_loop.max_steps = trainer.global_step + data.steps_per_request

@@ -6,6 +6,7 @@ import torch
 
 from callbacks.gradient_projection import GradientProjection, drop_near_duplicates, ridge_factors
 from lightning_unlearn.concept_embeddings import concept_embeddings
+from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.requests import ConceptVocabulary, Request
 
 
@@ -42,7 +43,7 @@ def test_near_duplicate_directions_are_dropped_in_order():
 def test_protected_set_by_threshold_top_n_vocabulary_and_earlier_requests(module, make_data):
     data = make_data(["Van Gogh", "Picasso"])
     data.set_position(1)  # serving Picasso; Van Gogh was unlearned
-    module.begin_request(1, data.requests[1], data.erase_captions(data.requests[1]), already_erased=data.served())
+    module.begin_request(plan_request(data.requests, 1, "sequential"), data.erase_captions(data.requests[1]))
     trainer = SimpleNamespace(datamodule=data)
     names = [*data.vocabulary.styles, *data.vocabulary.objects]
     sims = torch.nn.functional.cosine_similarity(embed(module, names), embed(module, ["Picasso"]))
@@ -69,14 +70,16 @@ def test_protected_set_by_threshold_top_n_vocabulary_and_earlier_requests(module
 
 
 def test_gradient_mode_makes_the_gradient_orthogonal_to_every_protected_direction(module):
-    module.begin_request(0, Request("Van Gogh", "style"), ["a painting in Van Gogh style"])
+    plan = plan_request([Request("Van Gogh", "style")], 0, "sequential")
+    module.begin_request(plan, ["a painting in Van Gogh style"])
     projection = GradientProjection(mode="gradient", similarity_threshold=0.3)
     projection.on_request_start(SimpleNamespace(datamodule=None), module)
     projection.on_train_start(None, module)
     assert projection.protected and len(projection._params) == 14
     protected = embed(module, projection.protected)
 
-    loss = module.method.loss(module, {"caption": ["a painting in Van Gogh style"] * 2, "seed": torch.tensor([3, 4])})
+    batch = {"caption": ["a painting in Van Gogh style"] * 2, "seed": torch.tensor([3, 4])}
+    loss = module.method.loss(module.method_context, batch)
     loss.backward()
     weights = kv_weights(module)
     before = {k: p.grad.clone() for k, p in weights.items()}

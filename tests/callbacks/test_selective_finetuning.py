@@ -38,9 +38,10 @@ def test_exactly_k_selected_and_unselected_elements_stay_bit_identical_under_ada
 
 
 def test_selection_is_deterministic_and_ranks_by_importance(module):
+    from lightning_unlearn.protocols import plan_request
     from lightning_unlearn.requests import Request
 
-    module.begin_request(0, Request("Cartoon", "style"), ["a painting in Cartoon style"])
+    module.begin_request(plan_request([Request("Cartoon", "style")], 0, "sequential"), ["a painting in Cartoon style"])
     topk = SelectiveFineTuning(top_k=0.1, importance_batches=1)
     scores = topk.importance(None, module)
     again = topk.importance(None, module)

@@ -10,11 +10,13 @@ from safetensors.torch import load_file
 import lightning_unlearn.methods.concept_ablation as ca
 from lightning_unlearn.cli import main
 from lightning_unlearn.methods import ConceptAblation
+from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.requests import ConceptVocabulary, Request
 from lightning_unlearn.sampling import TextCondition, predict_noise
 from lightning_unlearn.unlearning_module import UnlearningModule
 
 TINY = dict(images_per_anchor=4, ddim_steps=2, sample_batch=4)
+STYLES = [Request("Van Gogh", "style"), Request("Cartoon", "style")]
 
 
 def test_loss_on_known_tensors_trains_only_the_target_branch():
@@ -58,15 +60,15 @@ def test_every_tiny_world_object_has_a_different_known_anchor():
 def module(tmp_path_factory):
     torch.manual_seed(0)
     m = UnlearningModule(method=ConceptAblation(**TINY), trainable="kv-xattn")
-    m.run_dir = tmp_path_factory.mktemp("run")
-    m.begin_request(0, Request("Van Gogh", "style"), ["a painting in Van Gogh style"])
+    m.begin_request(plan_request(STYLES, 0, "sequential"), ["a painting in Van Gogh style"],
+                    cache_dir=tmp_path_factory.mktemp("run") / "anchors")
     return m
 
 
 def test_loss_is_the_mse_of_the_two_branches_with_gradient_through_the_target_only(module):
     method: ConceptAblation = module.method
     seeds = torch.tensor([11, 12])
-    loss = method.loss(module, {"caption": ["unused"] * 2, "seed": seeds})
+    loss = method.loss(module.method_context, {"caption": ["unused"] * 2, "seed": seeds})
     loss.backward()
     grads = {n: p.grad.clone() for n, p in module.unet.named_parameters() if p.grad is not None}
     assert set(grads) == set(module.trainable_keys)  # kv-xattn only
@@ -105,21 +107,22 @@ def test_loss_is_the_mse_of_the_two_branches_with_gradient_through_the_target_on
 def test_anchor_cache_is_reused_not_rebuilt(module, monkeypatch):
     first: ConceptAblation = module.method
     assert first.anchor_source == "generated"
-    files = list((module.run_dir / "anchors").glob("plain-*.safetensors"))
-    assert len(files) == 1 and not list((module.run_dir / "anchors").glob("*.tmp"))
+    folder = module.method_context.cache_dir
+    files = list(folder.glob("plain-*.safetensors"))
+    assert len(files) == 1 and not list(folder.glob("*.tmp"))
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("anchor images were sampled again instead of read from the cache")
 
     monkeypatch.setattr(ca, "ddim_sample", no_sampling)
     # Another style request shares the plain-caption anchor: served from memory.
-    module.begin_request(1, Request("Cartoon", "style"), ["a painting in Cartoon style"])
+    module.begin_request(plan_request(STYLES, 1, "sequential"), ["a painting in Cartoon style"], cache_dir=folder)
     assert first.anchor_source == "memory"
     # A fresh method (as in a later run on the same folder) reads the file, without sampling.
     again = ConceptAblation(**TINY)
     module.method = again
     try:
-        module.begin_request(1, Request("Cartoon", "style"), ["a painting in Cartoon style"])
+        module.begin_request(plan_request(STYLES, 1, "sequential"), ["a painting in Cartoon style"], cache_dir=folder)
         assert again.anchor_source == "disk"
         torch.testing.assert_close(again.latents, first.latents, rtol=0, atol=0)
         assert again.target_captions[0] == "a circle in Cartoon style"
@@ -129,10 +132,11 @@ def test_anchor_cache_is_reused_not_rebuilt(module, monkeypatch):
 
 def test_anchors_come_from_the_base_and_a_changed_base_changes_the_key(module, tmp_path):
     captions = module.method.anchor_captions
-    key = ConceptAblation(**TINY).cache_key(module, captions)
-    assert ConceptAblation(**TINY).cache_key(module, captions) == key
-    assert ConceptAblation(**{**TINY, "images_per_anchor": 5}).cache_key(module, captions) != key
-    assert ConceptAblation(**{**TINY, "guidance": 2.0}).cache_key(module, captions) != key
+    context = module.method_context
+    key = ConceptAblation(**TINY).cache_key(context, captions)
+    assert ConceptAblation(**TINY).cache_key(context, captions) == key
+    assert ConceptAblation(**{**TINY, "images_per_anchor": 5}).cache_key(context, captions) != key
+    assert ConceptAblation(**{**TINY, "guidance": 2.0}).cache_key(context, captions) != key
 
     params = dict(module.unet.named_parameters())
     name = module.trainable_keys[0]
@@ -142,13 +146,13 @@ def test_anchors_come_from_the_base_and_a_changed_base_changes_the_key(module, t
         with torch.no_grad():
             params[name].add_(1.0)
         fresh = ConceptAblation(**TINY, cache_dir=str(tmp_path))
-        assert fresh.cache_key(module, captions) == key
-        latents, _ = fresh.anchor_images(module, captions)
+        assert fresh.cache_key(context, captions) == key
+        latents, _ = fresh.anchor_images(context, captions)
         assert fresh.anchor_source == "generated"
         torch.testing.assert_close(latents, module.method.latents)
         # Another base (different pretrained values) must never share the cache.
         module.base_state()[name].add_(1e-3)
-        assert ConceptAblation(**TINY).cache_key(module, captions) != key
+        assert ConceptAblation(**TINY).cache_key(context, captions) != key
     finally:
         with torch.no_grad():
             params[name].copy_(saved_current)

@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from lightning_unlearn.errors import SettingsError
-from lightning_unlearn.methods.esd import ESD, ddpm_range_of_stop, esd_target, reference_draws, seeded_noise
+from lightning_unlearn.methods.esd import ESD, ddpm_range_of_stop, esd_target, reference_draws
+from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.requests import Request
-from lightning_unlearn.sampling import TextCondition, ddim_sample, guided_trajectory, noise_pair
+from lightning_unlearn.sampling import TextCondition, ddim_sample, guided_trajectory, noise_pair, seeded_noise
 from lightning_unlearn.unlearning_module import UnlearningModule
 
 
@@ -20,7 +21,7 @@ def test_esd_target_on_known_tensors():
 def module():
     torch.manual_seed(0)
     m = UnlearningModule(method=ESD(ddim_steps=4, bank_trajectories=3, bank_batch=2), trainable="kv-xattn")
-    m.begin_request(0, Request("Van Gogh", "style"), ["a painting in Van Gogh style"])
+    m.begin_request(plan_request([Request("Van Gogh", "style")], 0, "sequential"), ["a painting in Van Gogh style"])
     return m
 
 
@@ -42,7 +43,7 @@ def test_bank_holds_every_step_of_the_frozen_trajectory(module):
 
 def test_loss_trains_only_the_trainable_set_and_pushes_target_away(module):
     batch = {"caption": ["a painting in Van Gogh style"] * 2, "seed": torch.tensor([5, 6])}
-    loss = module.method.loss(module, batch)
+    loss = module.method.loss(module.method_context, batch)
     assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
     loss.backward()
     for name, p in module.unet.named_parameters():
@@ -53,9 +54,10 @@ def test_loss_trains_only_the_trainable_set_and_pushes_target_away(module):
 def test_online_source_gives_a_finite_loss():
     torch.manual_seed(0)
     m = UnlearningModule(method=ESD(ddim_steps=3, xt_source="online"))
-    m.begin_request(0, Request("Cartoon", "style"), ["a painting in Cartoon style"])
+    m.begin_request(plan_request([Request("Cartoon", "style")], 0, "sequential"), ["a painting in Cartoon style"])
     assert m.method.bank is None
-    loss = m.method.loss(m, {"caption": ["a painting in Cartoon style"] * 2, "seed": torch.tensor([1, 2])})
+    batch = {"caption": ["a painting in Cartoon style"] * 2, "seed": torch.tensor([1, 2])}
+    loss = m.method.loss(m.method_context, batch)
     assert torch.isfinite(loss)
 
 
@@ -83,7 +85,7 @@ CAPTION = "a painting in Van Gogh style"
 def ref_module():
     torch.manual_seed(0)
     m = UnlearningModule(method=ESD(ddim_steps=4, xt_source="reference"), trainable="kv-xattn")
-    m.begin_request(0, Request("Van Gogh", "style"), [CAPTION])
+    m.begin_request(plan_request([Request("Van Gogh", "style")], 0, "sequential"), [CAPTION])
     return m
 
 
@@ -103,8 +105,8 @@ def test_reference_x_t_comes_from_the_trained_unet_online_from_the_frozen_copy(r
     m = ref_module
     seeds, captions = torch.tensor([11, 12]), [CAPTION] * 2
     online = ESD(ddim_steps=4, xt_source="online")
-    ref_before = m.method.reference_xt(m, seeds, captions)
-    online_before = online._run_online(m, {"seed": seeds, "caption": captions})
+    ref_before = m.method.reference_xt(m.method_context, seeds, captions)
+    online_before = online._run_online(m.method_context, {"seed": seeds, "caption": captions})
     grid = m.backbone.sampling_scheduler()
     grid.set_timesteps(4)
     assert int(online_before[1][0]) != int(grid.timesteps[0])  # online took steps from noise
@@ -114,8 +116,8 @@ def test_reference_x_t_comes_from_the_trained_unet_online_from_the_frozen_copy(r
         with torch.no_grad():
             for p in values:
                 p.mul_(3.0)  # what a few training steps do to the trained UNet, only bigger
-        ref_after = m.method.reference_xt(m, seeds, captions)
-        online_after = online._run_online(m, {"seed": seeds, "caption": captions})
+        ref_after = m.method.reference_xt(m.method_context, seeds, captions)
+        online_after = online._run_online(m.method_context, {"seed": seeds, "caption": captions})
     finally:
         with torch.no_grad():
             for p, v in zip(values, saved):
@@ -129,7 +131,7 @@ def test_reference_x_t_comes_from_the_trained_unet_online_from_the_frozen_copy(r
 def test_reference_x_t_is_the_trained_unets_guided_ddim_from_tau_1(ref_module):
     # N - max(t_enc, 1) steps from tau_1 (the reference's sampler drops tau_0), guidance 3.
     m = ref_module
-    draw = m.method.reference_xt(m, torch.tensor([21]), [CAPTION])
+    draw = m.method.reference_xt(m.method_context, torch.tensor([21]), [CAPTION])
     noise, t_enc, _ = reference_draws(21, m.backbone.latent_shape, 4, 1000)
     scheduler = m.backbone.sampling_scheduler()
     scheduler.set_timesteps(4)
@@ -145,7 +147,7 @@ def test_reference_x_t_is_the_trained_unets_guided_ddim_from_tau_1(ref_module):
 def test_reference_unets_are_called_at_t_ddpm_not_at_x_ts_own_timestep(ref_module):
     m = ref_module
     seeds, captions = torch.arange(30, 35), [CAPTION] * 5
-    draw = m.method.reference_xt(m, seeds, captions)
+    draw = m.method.reference_xt(m.method_context, seeds, captions)
     assert len(set(draw["t_enc"].tolist())) > 1
     for t, t_enc, own in zip(draw["t"].tolist(), draw["t_enc"].tolist(), draw["t_own"].tolist()):
         low, high = ddpm_range_of_stop(t_enc, 4, 1000)
@@ -171,14 +173,14 @@ def test_reference_unets_are_called_at_t_ddpm_not_at_x_ts_own_timestep(ref_modul
 def test_reference_draws_are_deterministic_and_per_sample(ref_module):
     m = ref_module
     seeds, captions = torch.tensor([3, 4]), [CAPTION] * 2
-    a = m.method.reference_xt(m, seeds, captions)
-    b = m.method.reference_xt(m, seeds, captions)
+    a = m.method.reference_xt(m.method_context, seeds, captions)
+    b = m.method.reference_xt(m.method_context, seeds, captions)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     # Sample i depends on seeds[i] alone (DDP ranks and batch sizes draw the same x_t).
-    parts = [m.method.reference_xt(m, seeds[i : i + 1], captions[:1]) for i in range(2)]
+    parts = [m.method.reference_xt(m.method_context, seeds[i : i + 1], captions[:1]) for i in range(2)]
     for key in ("t", "t_enc", "t_own"):
         assert torch.equal(a[key], torch.cat([p[key] for p in parts]))
     for key in ("x", "target"):
         torch.testing.assert_close(a[key], torch.cat([p[key] for p in parts]), atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(a["x"][:1], m.method.reference_xt(m, torch.tensor([6]), captions[:1])["x"])
+    assert not torch.allclose(a["x"][:1], m.method.reference_xt(m.method_context, torch.tensor([6]), captions[:1])["x"])
