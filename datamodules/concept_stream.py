@@ -32,6 +32,22 @@ class RequestSamples(Dataset):
         return {"caption": self.captions[index % len(self.captions)], "seed": self.seed * 1_000_003 + index}
 
 
+class InOrderShards(DistributedSampler):
+    """Rank ``rank``'s share of a request's samples, in order: indices ``rank, rank + W, ...``.
+
+    Never shuffles, whatever ``set_epoch`` says, so the union of the ranks' step-s batches is
+    the one-process step-s batch for every world size W (the sample count is a multiple of
+    W * batch, so nothing is padded or dropped). Being a ``DistributedSampler`` is what keeps
+    Lightning from replacing it with its own shuffling one.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+
 def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"caption": [it["caption"] for it in items], "seed": torch.tensor([it["seed"] for it in items])}
 
@@ -163,24 +179,28 @@ class ConceptStreamDataModule(LightningDataModule):
 
     # -- Lightning -----------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        # Under DDP every rank serves the same request and takes every world_size-th sample, in
-        # order: global batch s is samples [s*B*W, (s+1)*B*W), the batch one process with batch
-        # B*W trains on. The sampler is ours because Lightning's injected one always shuffles.
-        world = max(1, self._world_size())
+        # Every world size trains on one global sequence: global batch s is samples
+        # [s*B*W, (s+1)*B*W), the batch one process with batch B*W trains on; rank r takes every
+        # W-th of them (InOrderShards). The sampler is always ours, also for one process:
+        # Lightning injects a *shuffling* DistributedSampler into any training loader whose
+        # sampler is not a DistributedSampler under a distributed strategy (DDP with one device
+        # included) unless use_distributed_sampler=False, and ours is one, so it is kept.
+        world, rank = self._world_and_rank()
         dataset = RequestSamples(
             self.training_captions(),
             num_samples=self.train_steps * self.batch_size * world,
             seed=self.seed * 10_007 + self.position,
         )
-        sampler = None
-        if world > 1:
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=int(self.trainer.global_rank), shuffle=False)
-        return RequestLoader(dataset, batch_size=self.batch_size, shuffle=False, sampler=sampler,
+        return RequestLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                             sampler=InOrderShards(dataset, num_replicas=world, rank=rank),
                              collate_fn=collate_samples)
 
-    def _world_size(self) -> int:
+    def _world_and_rank(self) -> tuple[int, int]:
+        """(processes, this process's global rank) of the attached Trainer; (1, 0) without one."""
         trainer = getattr(self, "trainer", None)
-        return int(trainer.world_size) if trainer is not None else 1
+        if trainer is None:
+            return 1, 0
+        return max(1, int(trainer.world_size)), int(trainer.global_rank)
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position, "requests": [vars(r) for r in self.requests],

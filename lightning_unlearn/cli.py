@@ -7,6 +7,8 @@
   (see ``lightning_unlearn.study``).
 - ``report``: compare run folders in one self-contained HTML page and Markdown (see
   ``lightning_unlearn.report``; plain argparse, ``train.py report --help``).
+- ``verify``: audit a run folder against its ledger: every recorded file's sha256, the
+  ledger's structure, unexpected files (see ``lightning_unlearn.ledger``; ``train.py verify --help``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from lightning_unlearn.errors import UnlearnError
 
-SUBCOMMANDS = ("pretrain", "unlearn", "report", "study")
+SUBCOMMANDS = ("pretrain", "unlearn", "report", "study", "verify")
 
 
 def _quiet() -> None:
@@ -78,6 +80,10 @@ def _dispatch(argv: list[str] | None) -> None:
         from lightning_unlearn.report import main as report
 
         report(rest)
+    elif command == "verify":
+        from lightning_unlearn.ledger import main as verify
+
+        verify(rest)
     else:
         from lightning_unlearn.stream import unlearn
 

@@ -53,6 +53,7 @@ from lightning_unlearn.evaluation_cache import evaluate_base, evaluate_counts
 from lightning_unlearn.preemption import (
     EXIT_PREEMPTED, EXIT_SIGINT, EXIT_SIGTERM, PreemptionSignal, StreamStopped, requeue, stray_hpc_checkpoints,
 )
+from lightning_unlearn.ledger import LedgerMismatchError, read_ledger, verified_path, verify_committed_files
 from lightning_unlearn.protocols import (
     MergeSettings, ProtocolName, RequestPlan, SimultaneousSettings, plan_request,
 )
@@ -72,10 +73,6 @@ RESULT_COLUMNS = (
 
 class RunFolderBusyError(UnlearnError, RuntimeError):
     """Another process is serving a stream into the same run folder."""
-
-
-class LedgerMismatchError(UnlearnError, RuntimeError):
-    """A run folder's files do not match its ledger (edited, truncated, or another run's)."""
 
 
 class StrayHpcCheckpointError(UnlearnError, RuntimeError):
@@ -182,9 +179,12 @@ class StreamRunner:
         return self.run_dir / "requests" / name
 
     def load_ledger(self) -> dict[str, Any]:
+        """The run folder's ledger (a new one for a new folder), refused with
+        :class:`LedgerMismatchError` if it is malformed, was written for another request list,
+        or any file it records (weights, merges, metrics) no longer has its recorded sha256."""
         if not self.ledger_path.exists():
             return {"stream": [vars(r) for r in self.data.requests], "completed": []}
-        ledger = json.loads(self.ledger_path.read_text())
+        ledger = read_ledger(self.run_dir)
         configured = [vars(r) for r in self.data.requests]
         done = [dict(concept=e["concept"], kind=e["kind"]) for e in ledger["completed"]]
         if configured[: len(done)] != done:
@@ -192,6 +192,9 @@ class StreamRunner:
                 f"{self.run_dir} was run with the requests {[d['concept'] for d in done]} first; "
                 f"this config asks for {[c['concept'] for c in configured]}: use another run_dir"
             )
+        # Every start, finished runs included: a changed file is refused before anything is
+        # written, not built upon or reported as complete.
+        verify_committed_files(self.run_dir, ledger)
         return ledger
 
     def results(self) -> list[dict[str, Any]]:
@@ -265,10 +268,7 @@ class StreamRunner:
         }
 
     def _verified_weights(self, entry: dict[str, Any], key: str = "weights", sha_key: str = "sha256") -> dict[str, torch.Tensor]:
-        path = self.run_dir / entry[key]
-        if not path.exists() or file_sha256(path) != entry[sha_key]:
-            raise LedgerMismatchError(f"{path} is missing or does not match the sha256 in {self.ledger_path}")
-        return load_weights(path)
+        return load_weights(verified_path(self.run_dir, entry[key], entry[sha_key], role=key))
 
     def _metrics_of(self, ledger: dict[str, Any], request_number: int) -> dict[str, Any] | None:
         """metrics.json of request ``request_number`` (0 = base), if it was evaluated."""
@@ -345,7 +345,9 @@ class StreamRunner:
         plan_request(self.data.requests, 0, protocol, merging)  # a named error for a bad combination, before any work
         # Work outside fit (base evaluation, x_t banks) runs where training will run.
         self.module.to(self.trainer.strategy.root_device)
-        ledger = self.load_ledger()
+        ledger = self.load_ledger()  # verified before anything is written
+        if self.trainer.is_global_zero:
+            write_json(asdict(settings), self.run_dir / "stream_settings.json")
         rows = self.results()
         completed = len(ledger["completed"])
         # Mid-request checkpoints go through atomic, weights-only IO; committed requests' are stale.
@@ -376,7 +378,9 @@ class StreamRunner:
         if "base" not in ledger and evaluator is not None:
             metrics, seconds = self.evaluate(evaluator, [], self.request_dir(0, None), step=0, base=True)
             rows = [self._row(0, None, metrics, 0, 0, 0.0, seconds)]
-            ledger["base"] = {"metrics": str((self.request_dir(0, None) / "metrics.json").relative_to(self.run_dir))}
+            base_metrics = self.request_dir(0, None) / "metrics.json"
+            ledger["base"] = {"metrics": str(base_metrics.relative_to(self.run_dir)),
+                              "metrics_sha256": file_sha256(base_metrics)}
             self.write_results(rows)
             write_json(ledger, self.ledger_path)
 
@@ -547,6 +551,7 @@ class StreamRunner:
         self.write_results(rows)
         if "per_style" in metrics:
             entry["metrics"] = str((out / "metrics.json").relative_to(self.run_dir))
+            entry["metrics_sha256"] = file_sha256(out / "metrics.json")
         ledger["completed"].append(entry)
         write_json(ledger, self.ledger_path)
         rank_zero_info(
@@ -607,8 +612,6 @@ def unlearn(args: list[str]) -> list[dict[str, Any]]:
         parser_kwargs={"allow_abbrev": False},
     )
     settings: StreamSettings = cli.config_init.stream  # jsonargparse instantiates the dataclasses
-    Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
-    write_json(asdict(settings), Path(settings.run_dir) / "stream_settings.json")
     try:
         return StreamRunner(cli.trainer, cli.model, cli.datamodule, settings).run()
     except StreamStopped as stopped:

@@ -109,11 +109,9 @@ def test_merging_needs_the_independent_protocol(tmp_path):
     assert not (tmp_path / "bad" / "ledger.json").exists()
 
 
-def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
+def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path, cli_error):
     import subprocess
     import sys
-
-    from lightning_unlearn.stream import RunFolderBusyError
 
     folder = tmp_path / "busy"
     folder.mkdir()
@@ -122,8 +120,9 @@ def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
         "print('locked', flush=True); time.sleep(60)"), str(folder / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunFolderBusyError, match="in use by another process"):
-            run(folder)
+        line = cli_error(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
+                          "--data.requests=[Van Gogh, Cartoon]", f"--stream.run_dir={folder}", *FAST])
+        assert "in use by another process" in line
         assert not (folder / "ledger.json").exists()
     finally:
         holder.kill()

@@ -1,4 +1,5 @@
-"""DDP: a 2-process stream equals a 1-process stream with the same global batch.
+"""DDP: a 2-process stream equals a 1-process stream with the same global batch, and DDP with
+one process equals a plain run bit for bit (one global sample order for every world size).
 
 ``train.py unlearn`` runs as a subprocess (``strategy=ddp`` inside pytest would re-launch
 pytest in the child), on the CPU with gloo, twice on the tiny world with selective fine-tuning
@@ -41,13 +42,13 @@ ARGS = [
 ]
 
 
-def run_stream(folder: Path, *extra: str) -> Path:
+def run_stream(folder: Path, *extra: str, args: list[str] = ARGS) -> Path:
     probe = folder / "probe"
     probe.mkdir(parents=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DDP_PROBE_DIR": str(probe),
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
     done = subprocess.run(
-        [sys.executable, "train.py", "unlearn", *ARGS, f"--stream.run_dir={folder / 'run'}", *extra],
+        [sys.executable, "train.py", "unlearn", *args, f"--stream.run_dir={folder / 'run'}", *extra],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -97,3 +98,23 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     rows = json.loads((ddp / "run" / "results.json").read_text())
     assert [r["concept"] for r in rows] == ["base", "Van Gogh", "Cartoon"]
     assert [r["cumulative_steps"] for r in rows] == [0, STEPS, 2 * STEPS]
+
+
+def test_ddp_with_one_process_equals_a_plain_run_bit_for_bit(tmp_path):
+    """``--trainer.strategy=ddp --trainer.devices=1`` (a one-GPU SLURM allocation) trains on the
+    plain run's batches, in order: Lightning's shuffling sampler must not replace ours. With one
+    process DDP's all-reduce averages one gradient, so the weights are identical, bit for bit."""
+    # The ESD stream alone (no regularizers), one request of 3 steps x batch 2.
+    args = [a for a in ARGS if not a.startswith(("--trainer.callbacks", "--data.requests"))]
+    args += ["--data.requests=[Van Gogh]", "--data.batch_size=2", "--trainer.callbacks+=ddp_probe.RankProbe"]
+    ddp = run_stream(tmp_path / "ddp", "--trainer.strategy=ddp", "--trainer.devices=1", args=args)
+    plain = run_stream(tmp_path / "plain", args=args)
+
+    seen = [json.loads((run / "probe" / "rank0-request0.json").read_text()) for run in (ddp, plain)]
+    assert seen[0]["world_size"] == 1 and seen[0]["batches"] == seen[1]["batches"]
+    seeds = [s for batch in seen[1]["batches"] for s in batch["seed"]]
+    assert seeds == sorted(seeds)  # the request's samples in order
+    a, b = (load_file(str(run / "run" / "requests" / "01-van-gogh" / "weights.safetensors")) for run in (ddp, plain))
+    assert set(a) == set(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs between DDP with one process and a plain run"

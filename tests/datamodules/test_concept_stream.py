@@ -85,7 +85,20 @@ def test_bad_unlearned_settings_are_named(kwargs, message):
         ConceptStreamDataModule(requests=["Monet"], **kwargs)
 
 
-def test_ddp_ranks_serve_the_same_request_and_shard_the_global_batch_in_order(monkeypatch):
+def _lightning_batches(data: ConceptStreamDataModule) -> list[list[int]]:
+    """The seeds of the batches the attached Trainer trains on: the datamodule's loader after
+    Lightning's own processing (where it injects its shuffling DistributedSampler)."""
+    from lightning.pytorch.trainer.connectors.data_connector import _process_dataloader
+    from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+
+    loader = _process_dataloader(data.trainer, TrainerFn.FITTING, RunningStage.TRAINING, data.train_dataloader())
+    return [b["seed"].tolist() for b in loader]
+
+
+@pytest.fixture
+def ddp_trainer(monkeypatch):
+    """``ddp_trainer(rank, devices)``: the Trainer a DDP process of that rank builds (Lightning
+    reads its rank from LOCAL_RANK), without launching anything; ``rank=None``: a plain Trainer."""
     import lightning.fabric.utilities.rank_zero as fabric_rank_zero
     import lightning.pytorch.utilities.rank_zero as pl_rank_zero
     from lightning.pytorch import Trainer
@@ -95,22 +108,44 @@ def test_ddp_ranks_serve_the_same_request_and_shard_the_global_batch_in_order(mo
     for owner in (fabric_rank_zero.rank_zero_only, pl_rank_zero.rank_zero_only):
         monkeypatch.setattr(owner, "rank", getattr(owner, "rank", 0), raising=False)
 
+    def build(rank: int | None, devices: int = 1):
+        if rank is None:
+            return Trainer(accelerator="cpu", devices=1, logger=False)
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        trainer = Trainer(accelerator="cpu", devices=devices, strategy="ddp", logger=False)
+        assert trainer.global_rank == rank and trainer.world_size == devices
+        return trainer
+
+    return build
+
+
+def test_ddp_ranks_serve_the_same_request_and_shard_the_global_batch_in_order(ddp_trainer):
     def batches(rank: int | None, batch_size: int) -> list[list[int]]:
         data = ConceptStreamDataModule(requests=["Monet", "Cartoon"], batch_size=batch_size, steps_per_request=3)
-        if rank is None:
-            data.trainer = Trainer(accelerator="cpu", devices=1, logger=False)
-        else:  # the Trainer a DDP child process builds (Lightning reads its rank from LOCAL_RANK)
-            monkeypatch.setenv("LOCAL_RANK", str(rank))
-            data.trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
-            assert data.trainer.global_rank == rank and data.trainer.world_size == 2
+        data.trainer = ddp_trainer(rank, devices=2)
         data.set_position(1)
-        return [b["seed"].tolist() for b in data.train_dataloader()]
+        return _lightning_batches(data)
 
     single = batches(None, 4)
     rank0, rank1 = batches(0, 2), batches(1, 2)
     assert len(single) == len(rank0) == len(rank1) == 3
     for whole, a, b in zip(single, rank0, rank1):
-        assert sorted(a + b) == whole and not set(a) & set(b)
+        # Rank r takes every second sample of the global batch, in order.
+        assert a == whole[0::2] and b == whole[1::2]
+
+
+def test_ddp_with_one_process_trains_on_the_plain_run_s_batches(ddp_trainer):
+    # A one-GPU SLURM allocation under --trainer.strategy=ddp: Lightning would inject a
+    # shuffling DistributedSampler into a loader without one.
+    def batches(rank: int | None) -> list[list[int]]:
+        data = ConceptStreamDataModule(requests=["Monet", "Cartoon"], batch_size=4, steps_per_request=3)
+        data.trainer = ddp_trainer(rank, devices=1)
+        return _lightning_batches(data)
+
+    plain = batches(None)
+    assert batches(0) == plain
+    flat = [seed for batch in plain for seed in batch]
+    assert flat == list(range(flat[0], flat[0] + 12))  # the request's samples, in order
 
 
 def test_the_request_loader_resumes_after_the_batches_it_served():
