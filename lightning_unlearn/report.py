@@ -29,6 +29,7 @@ import numpy as np
 
 from lightning_unlearn import report_figures as figs
 from lightning_unlearn.atomic_io import write_bytes, write_text
+from lightning_unlearn.checks import ArgumentParser
 from lightning_unlearn.errors import UnlearnError
 
 GRID_MAX_SIDE = 512
@@ -612,9 +613,14 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | N
     if len(set(resolved)) != len(resolved):
         raise RunFolderError(f"a run folder is given twice: {[str(d) for d in run_dirs]}")
     runs = [load_run(d) for d in run_dirs]
+    out_dir = Path(out_dir)
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise RunFolderError(f"the report folder {out_dir} is or is inside the file {folder}: give a folder's path")
+            break
     title = title or "lightning-unlearn report: " + ", ".join(run.name for run in runs)
     sections = build_sections(runs)
-    out_dir = Path(out_dir)
     figures = []
     for section in sections:
         for block in section.blocks:
@@ -639,7 +645,7 @@ def default_out_dir(run_dirs: list[str]) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="train.py report",
         description="Compare stream run folders in one self-contained HTML page (figures embedded) "
                     "and the same tables as Markdown with its figures as PNG files.",
@@ -655,10 +661,8 @@ def main(argv: list[str]) -> ReportFiles:
     """``train.py report RUN_DIR [RUN_DIR ...] [--out DIR] [--title TITLE]``."""
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else default_out_dir(args.run_dirs)
-    try:
-        files = write_report(args.run_dirs, out, args.title)
-    except RunFolderError as exc:
-        raise SystemExit(f"train.py report: error: {exc}") from exc
+    # A RunFolderError reaches the command line, which prints it as one "error:" line (exit 2).
+    files = write_report(args.run_dirs, out, args.title)
     print(f"wrote {files.html} ({files.html.stat().st_size / 1e6:.1f} MB), {files.markdown} "
           f"and {len(files.figures)} figures in {files.markdown.parent / 'figures'}")
     return files

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from lightning_unlearn.requests import ConceptVocabulary, Request
     from lightning_unlearn.unlearning_module import UnlearningModule
 
 
@@ -23,6 +26,10 @@ class UnlearningMethod:
         Called once per request, after ``module.reference_unet`` has been frozen from the
         weights the request starts from. ``captions`` name the concept being erased.
         """
+
+    def check_stream(self, module: UnlearningModule, requests: Sequence[Request], vocabulary: ConceptVocabulary) -> None:
+        """Refuse, with a :class:`~lightning_unlearn.errors.SettingsError`, a stream this method
+        cannot serve as configured. Called once before any work or file; default: no check."""
 
     def loss(self, module: UnlearningModule, batch: dict[str, Any]) -> torch.Tensor:
         """The unlearning loss of one batch (``caption``: list[str], ``seed``: [B] tensor)."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
+from lightning_unlearn.checks import at_least, non_negative
 from lightning_unlearn.methods.base import UnlearningMethod
 from lightning_unlearn.sampling import TextCondition, ddim_sample, noise_pair, predict_noise
 
@@ -42,6 +43,18 @@ def seeded_noise(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 def per_sample_randint(seeds: torch.Tensor, high: int) -> torch.Tensor:
     """One integer in [0, high) per seed; entry i depends only on seeds[i]."""
     return torch.cat([torch.randint(0, high, (1,), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def check_esd_settings(negative_guidance: float, ddim_steps: int, start_guidance: float,
+                       bank_trajectories: int, bank_batch: int) -> None:
+    """A :class:`SettingsError` for an ESD option that cannot be served (eta < 0 would
+    strengthen the concept instead of erasing it)."""
+    option = "--model.method.init_args."
+    non_negative(negative_guidance, option + "negative_guidance")
+    at_least(ddim_steps, 1, option + "ddim_steps")
+    non_negative(start_guidance, option + "start_guidance")
+    at_least(bank_trajectories, 1, option + "bank_trajectories")
+    at_least(bank_batch, 1, option + "bank_batch")
 
 
 class ESD(UnlearningMethod):
@@ -67,6 +80,7 @@ class ESD(UnlearningMethod):
         """
         if xt_source not in ("online", "bank"):
             raise ValueError(f"xt_source must be 'online' or 'bank', got {xt_source!r}")
+        check_esd_settings(negative_guidance, ddim_steps, start_guidance, bank_trajectories, bank_batch)
         self.negative_guidance = negative_guidance
         self.ddim_steps = ddim_steps
         self.start_guidance = start_guidance
