@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 
 from callbacks.base import RequestCallback
+from lightning_unlearn.checks import non_negative
 
 
 class AnchorRegularizer(RequestCallback):
@@ -46,6 +47,8 @@ class AnchorRegularizer(RequestCallback):
             raise ValueError(f"kind must be 'l1' or 'l2', got {kind!r}")
         if reference not in ("previous", "base"):
             raise ValueError(f"reference must be 'previous' or 'base', got {reference!r}")
+        # A negative weight would reward moving away from the reference.
+        non_negative(weight, "callbacks.anchor.AnchorRegularizer init_args.weight")
         self.kind = kind
         self.weight = float(weight)
         self.reference = reference

@@ -15,6 +15,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightning_unlearn.checks import at_least
 from lightning_unlearn.requests import ConceptVocabulary, Request, RequestError, drop_already_unlearned
 from lightning_unlearn.tinyworld.concepts import DEFAULT_STYLE_STREAM, PromptTemplates
 
@@ -118,6 +119,10 @@ class ConceptStreamDataModule(LightningDataModule):
                 drops it from the stream and logs a notice.
         """
         super().__init__()
+        # Checked first: a count below 1 would serve a request with nothing unlearned (0 steps)
+        # or fail inside the first fit, after the base evaluation was written.
+        at_least(batch_size, 1, "--data.batch_size")
+        at_least(steps_per_request, 1, "--data.steps_per_request")
         self.vocabulary = ConceptVocabulary(
             styles=list(styles) if styles is not None else ConceptVocabulary().styles,
             objects=list(objects) if objects is not None else ConceptVocabulary().objects,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
@@ -41,6 +42,18 @@ class DiskFullError(UnlearnError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)  # the message alone, without OSError's "[Errno N]" prefix
+
+
+class WeightsFileError(UnlearnError, ValueError):
+    """A weights file that is not a readable safetensors file (truncated, corrupt, another
+    format): the message names its path."""
+
+
+class MissingWeightsError(UnlearnError, FileNotFoundError):
+    """A weights file that does not exist (or is a folder where a file is expected)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -97,11 +110,19 @@ def save_weights(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file (never unpickles); a clear error if it is missing."""
+    """Read a safetensors file (never unpickles). A missing file is a :class:`MissingWeightsError`,
+    anything safetensors cannot read (truncated, corrupt, a pickle, text) a
+    :class:`WeightsFileError`; both name the path."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    return load_file(str(path))
+        what = "is a folder, not a weights file" if path.is_dir() else "does not exist"
+        raise MissingWeightsError(f"weights file {path} {what}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        # safetensors' own messages ("HeaderTooLarge", "invalid JSON in header") name no file.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsFileError(f"{path} is not a readable safetensors file ({reason})") from exc
 
 
 def write_json(data: Any, path: str | Path) -> None:

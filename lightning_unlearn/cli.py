@@ -56,11 +56,29 @@ def main(argv: list[str] | None = None) -> None:
     ``error: ...`` line and exit status 2 (``LIGHTNING_UNLEARN_DEBUG=1`` keeps the traceback)."""
     try:
         _dispatch(argv)
-    except UnlearnError as exc:
-        if os.environ.get("LIGHTNING_UNLEARN_DEBUG"):
+    except Exception as exc:
+        named = named_cause(exc)
+        if named is None or os.environ.get("LIGHTNING_UNLEARN_DEBUG"):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {named}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def named_cause(exc: BaseException) -> UnlearnError | None:
+    """``exc`` if it is a named error, else the named error it was raised from, if any.
+
+    jsonargparse instantiates an ``Optional[...]`` setting (``--model.method``,
+    ``--stream.merge``) by trying each type of the union and re-raises a failure as a
+    ``ValueError`` listing every attempt, ``from`` the original error: the named error a
+    class's ``__init__`` raised is that error's ``__cause__``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UnlearnError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
 
 
 def _dispatch(argv: list[str] | None) -> None:

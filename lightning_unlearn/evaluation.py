@@ -23,6 +23,8 @@ from torch import nn
 from torchmetrics import Metric
 
 from lightning_unlearn.backbone import Backbone, check_clip_folder
+from lightning_unlearn.checks import at_least, did_you_mean, non_negative
+from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.requests import ConceptVocabulary, Request
 from lightning_unlearn.sampling import SAMPLERS, TextCondition, guided_sample
 
@@ -55,12 +57,11 @@ class EvaluationSettings:
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"evaluation sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.seeds_per_prompt < 1:
-            raise ValueError(
-                "evaluation steps, batch_size and seeds_per_prompt must be at least 1, got "
-                f"{self.steps}, {self.batch_size}, {self.seeds_per_prompt}"
-            )
+            raise SettingsError(f"--stream.evaluation.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        at_least(self.seeds_per_prompt, 1, "--stream.evaluation.seeds_per_prompt")
+        at_least(self.steps, 1, "--stream.evaluation.steps")
+        at_least(self.batch_size, 1, "--stream.evaluation.batch_size")
+        non_negative(self.guidance, "--stream.evaluation.guidance")
         if self.classifier:
             # Refused here, when the settings are read: before the run folder or any file exists.
             check_clip_folder(self.classifier)
@@ -101,6 +102,19 @@ class ClipZeroShotClassifier(nn.Module):
         return scale * feats @ self.style_text.T, scale * feats @ self.object_text.T
 
 
+def check_classifier_knows(vocabulary: ConceptVocabulary, all_styles: list[str], all_objects: list[str]) -> None:
+    """A :class:`SettingsError` naming the first vocabulary concept the classifier cannot score
+    (``--data.styles`` / ``--data.objects``), with a suggestion for a near-miss."""
+    for option, names, known in (("--data.styles", vocabulary.styles, all_styles),
+                                 ("--data.objects", vocabulary.objects, all_objects)):
+        for name in names:
+            if name not in known:
+                raise SettingsError(
+                    f"{option} names {name!r}{did_you_mean(name, known)}, which the classifier does not know; "
+                    f"it knows {known}"
+                )
+
+
 class VocabularySubset(nn.Module):
     """A classifier restricted to the vocabulary's concepts, by name (columns of its logits).
 
@@ -110,9 +124,7 @@ class VocabularySubset(nn.Module):
 
     def __init__(self, classifier: nn.Module, all_styles: list[str], all_objects: list[str], vocabulary: ConceptVocabulary) -> None:
         super().__init__()
-        unknown = [c for c in vocabulary.styles if c not in all_styles] + [c for c in vocabulary.objects if c not in all_objects]
-        if unknown:
-            raise ValueError(f"the classifier does not know the concepts {unknown}; it knows {all_styles} and {all_objects}")
+        check_classifier_knows(vocabulary, all_styles, all_objects)
         self.classifier = classifier
         self.register_buffer("style_cols", torch.tensor([all_styles.index(c) for c in vocabulary.styles]))
         self.register_buffer("object_cols", torch.tensor([all_objects.index(c) for c in vocabulary.objects]))

@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 
+from lightning_unlearn.checks import at_least, in_interval, positive
 from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.merging import TRIM_SCOPES, TrimScope, merge_task_arithmetic, merge_ties, merge_uniform
 from lightning_unlearn.requests import Request
@@ -40,6 +41,12 @@ class SimultaneousSettings:
     """Step cap per request, whether or not the target is reached."""
     check_seeds: int = 1
     """Evaluation seeds per prompt used by the check (the full evaluation uses its own)."""
+
+    def __post_init__(self) -> None:
+        in_interval(self.ua_target, 0, 100, "--stream.simultaneous.ua_target")
+        at_least(self.check_every_n_steps, 1, "--stream.simultaneous.check_every_n_steps")
+        at_least(self.max_steps, 1, "--stream.simultaneous.max_steps")
+        at_least(self.check_seeds, 1, "--stream.simultaneous.check_seeds")
 
 
 @dataclass
@@ -68,6 +75,13 @@ class MergeSettings:
         # which would otherwise fail only at the first merge, after training.
         if self.trim_scope not in TRIM_SCOPES:
             raise SettingsError(f"merge trim_scope must be one of {', '.join(TRIM_SCOPES)}, got {self.trim_scope!r}")
+
+    def __post_init__(self) -> None:
+        if self.method not in ("uniform", "task_arithmetic", "ties"):
+            raise SettingsError(f"--stream.merge.method must be uniform, task_arithmetic or ties, got {self.method!r}")
+        # A negative or zero scale would undo or drop the unlearning the task vectors hold.
+        positive(self.lambda_, "--stream.merge.lambda_")
+        in_interval(self.top_k, 0, 1, "--stream.merge.top_k")
 
     def merge(self, base: dict[str, torch.Tensor], checkpoints: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """theta_0 + the merged task vectors of ``checkpoints`` (each trained from ``base``)."""
@@ -99,9 +113,12 @@ class RequestPlan:
 def plan_request(requests: Sequence[Request], index: int, protocol: str, merging: bool = False) -> RequestPlan:
     """The plan of request ``index`` of ``requests`` under ``protocol``."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        raise SettingsError(f"--stream.protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if merging and protocol != "independent":
-        raise ValueError(f"merging combines independently unlearned checkpoints: it needs protocol 'independent', not {protocol!r}")
+        raise SettingsError(
+            "--stream.merge combines independently unlearned checkpoints: it needs protocol 'independent' "
+            f"(--stream.protocol=independent), not {protocol!r}"
+        )
     request = requests[index]
     so_far = tuple(requests[: index + 1])
     if protocol == "sequential":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lightning_unlearn.checks import did_you_mean
 from lightning_unlearn.errors import UnlearnError
 from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES, ConceptKind, PromptTemplates
 
@@ -38,13 +39,18 @@ class ConceptVocabulary:
     templates: PromptTemplates = field(default_factory=PromptTemplates)
 
     def kind_of(self, concept: str) -> ConceptKind:
-        """Kind of a known concept; :class:`RequestError` naming an unknown one."""
+        """Kind of a known concept; :class:`RequestError` naming an unknown one.
+
+        A name that is a known one but for case, spacing or one or two letters is still
+        refused (a takedown must name exactly the concept it erases), with the suggestion.
+        """
         if concept in self.styles:
             return "style"
         if concept in self.objects:
             return "object"
         raise RequestError(
-            f"unknown concept {concept!r}: not among the styles {self.styles} nor the objects {self.objects}"
+            f"unknown concept {concept!r}{did_you_mean(concept, [*self.styles, *self.objects])}: "
+            f"not among the styles {self.styles} nor the objects {self.objects}"
         )
 
     def concepts(self, kind: ConceptKind) -> list[str]:

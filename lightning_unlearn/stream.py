@@ -47,8 +47,11 @@ from lightning_unlearn.atomic_io import (
     file_sha256, load_weights, remove_stale_temporaries, save_weights, write_json, write_png, write_text,
 )
 from lightning_unlearn.backbone import TinyWorldBackbone
+from lightning_unlearn.checks import at_least
 from lightning_unlearn.errors import SettingsError, UnlearnError
-from lightning_unlearn.evaluation import ClipZeroShotClassifier, EvaluationSettings, Evaluator, VocabularySubset, score
+from lightning_unlearn.evaluation import (
+    ClipZeroShotClassifier, EvaluationSettings, Evaluator, VocabularySubset, check_classifier_knows, score,
+)
 from lightning_unlearn.evaluation_cache import evaluate_base, evaluate_counts
 from lightning_unlearn.preemption import (
     EXIT_PREEMPTED, EXIT_SIGINT, EXIT_SIGTERM, PreemptionSignal, StreamStopped, requeue, stray_hpc_checkpoints,
@@ -113,6 +116,31 @@ class StreamSettings:
     requests from their start. A pre-emption (SIGUSR1) checkpoints the request at its current
     step either way."""
 
+    def __post_init__(self) -> None:
+        check_run_dir(self.run_dir)
+        at_least(self.evaluate_every, 1, "--stream.evaluate_every")
+        if self.checkpoint_every_n_steps is not None:
+            at_least(self.checkpoint_every_n_steps, 1, "--stream.checkpoint_every_n_steps")
+        if self.merge is not None and self.protocol != "independent":
+            raise SettingsError(
+                "--stream.merge combines independently unlearned checkpoints: it needs protocol 'independent' "
+                f"(--stream.protocol=independent), not {self.protocol!r}"
+            )
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """A :class:`SettingsError` when ``run_dir`` cannot be a run folder: empty, an existing
+    file, or below one (checked before anything else, so nothing is loaded or written)."""
+    if not str(run_dir).strip():
+        raise SettingsError("--stream.run_dir is empty: give the run folder's path")
+    path = Path(run_dir)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is an existing file" if folder == path else f"is inside {folder}, which is a file"
+                raise SettingsError(f"--stream.run_dir {path} {where}, not a folder: give a folder's path")
+            return
+
 
 def callback_label(callback: Callback) -> str:
     """A short name for a callback in reports: its name, its log prefix, or its class with the
@@ -167,7 +195,15 @@ class StreamRunner:
     """Drives one Trainer through every request of a ConceptStreamDataModule."""
 
     def __init__(self, trainer: Trainer, module: UnlearningModule, data: ConceptStreamDataModule, settings: StreamSettings) -> None:
+        """Checks what needs the settings together (the protocol with the requests, the method
+        with the vocabulary) and raises a named error before any work or file."""
         self.trainer, self.module, self.data, self.settings = trainer, module, data, settings
+        plan_request(data.requests, 0, settings.protocol, settings.merge is not None)
+        module.method.check_stream(module.backbone, data.requests, data.vocabulary)
+        if not settings.evaluation.classifier and isinstance(module.backbone, TinyWorldBackbone):
+            from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
+
+            check_classifier_knows(data.vocabulary, list(STYLES), list(OBJECTS))  # scored by the tiny classifier
         self.run_dir = Path(settings.run_dir)
         self.ledger_path = self.run_dir / "ledger.json"
         self.domains = {r.kind for r in data.requests}
@@ -586,6 +622,7 @@ class UnlearnCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config
         run_dir = cfg.stream.run_dir
+        check_run_dir(run_dir)  # before any model is loaded
         if cfg.trainer.get("default_root_dir") is None:
             cfg.trainer.default_root_dir = run_dir
         if cfg.trainer.get("logger") in (None, True):
@@ -612,8 +649,9 @@ def unlearn(args: list[str]) -> list[dict[str, Any]]:
         parser_kwargs={"allow_abbrev": False},
     )
     settings: StreamSettings = cli.config_init.stream  # jsonargparse instantiates the dataclasses
+    runner = StreamRunner(cli.trainer, cli.model, cli.datamodule, settings)  # checks, before any file
     try:
-        return StreamRunner(cli.trainer, cli.model, cli.datamodule, settings).run()
+        return runner.run()
     except StreamStopped as stopped:
         # The run folder is consistent and unlocked here: everything is written before the line.
         if stopped.requeue:

@@ -33,12 +33,17 @@ from typing import Any
 
 import yaml
 
+from lightning_unlearn.checks import ArgumentParser
 from lightning_unlearn.errors import UnlearnError
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_KEYS = {"root", "common", "report", "runs"}
 RUN_KEYS = {"name", "args"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class StudyRunsFailedError(UnlearnError, RuntimeError):
+    """One or more runs of a study ended with an error (each printed its own above)."""
 
 
 class StudyConfigError(UnlearnError, ValueError):
@@ -90,6 +95,12 @@ class Study:
                 raise StudyConfigError(f"{path}: run {name!r}: 'args' is a list of train.py unlearn arguments without --stream.run_dir")
             runs.append(StudyRun(name, [str(a) for a in args]))
         common = [str(a) for a in raw.get("common") or []]
+        root = Path(raw["root"])
+        for folder in (root, *root.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise StudyConfigError(f"{path}: root {root} is or is inside the file {folder}, not a folder")
+                break
         return cls(root=Path(raw["root"]), runs=runs, common=common, report=bool(raw.get("report", True)))
 
     def run_dir(self, run: StudyRun) -> Path:
@@ -137,9 +148,7 @@ def run_study(study: Study, python: str = sys.executable) -> dict[str, Any]:
 
 def main(args: list[str]) -> None:
     """``train.py study --config STUDY.yaml``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="train.py study", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="train.py study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the study YAML (root, common, report, runs)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these run names")
     parser.add_argument("--extra", action="append", default=[], metavar="ARG",
@@ -158,4 +167,7 @@ def main(args: list[str]) -> None:
     statuses = run_study(study)
     failed = [n for n, s in statuses.items() if s["status"].startswith("failed")]
     if failed:
-        raise SystemExit(f"[study] failed runs: {', '.join(failed)}")
+        raise StudyRunsFailedError(
+            "study runs failed: " + ", ".join(f"{n} ({statuses[n]['status']})" for n in failed)
+            + "; their errors are above; re-run the same command to retry them (finished runs are skipped)"
+        )

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from lightning_unlearn.errors import SettingsError
+
 TRAINABLE_SETS: dict[str, Callable[[str], bool]] = {
     # cross-attention layers only (ESD-x)
     "esd-x": lambda name: ".attn2." in name,
@@ -20,11 +22,11 @@ TRAINABLE_SETS: dict[str, Callable[[str], bool]] = {
 def trainable_names(unet: nn.Module, trainable: str) -> list[str]:
     """Names of the parameters in ``trainable`` (one of :data:`TRAINABLE_SETS`)."""
     if trainable not in TRAINABLE_SETS:
-        raise ValueError(f"unknown trainable set {trainable!r}; choose one of {sorted(TRAINABLE_SETS)}")
+        raise SettingsError(f"--model.trainable: unknown trainable set {trainable!r}; choose one of {sorted(TRAINABLE_SETS)}")
     selected = TRAINABLE_SETS[trainable]
     names = [name for name, _ in unet.named_parameters() if selected(name)]
     if not names:
-        raise ValueError(f"trainable set {trainable!r} selects no parameter of this UNet")
+        raise SettingsError(f"--model.trainable: trainable set {trainable!r} selects no parameter of this UNet")
     return names
 
 

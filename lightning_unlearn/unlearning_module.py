@@ -19,11 +19,13 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 
 from lightning_unlearn.backbone import Backbone, DiffusersBackbone, TinyWorldBackbone
+from lightning_unlearn.checks import positive
+from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.methods import ESD, MethodContext, UnlearningMethod
 from lightning_unlearn.protocols import RequestPlan
 from lightning_unlearn.requests import ConceptVocabulary, Request
 from lightning_unlearn.trainable import apply_trainable
-from lightning_unlearn.unet_weights import load_unet_weights
+from lightning_unlearn.unet_weights import UnetWeightsError, load_unet_weights
 
 REFERENCE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -75,11 +77,13 @@ class UnlearningModule(LightningModule):
                 a third more compute per step. Attention is torch SDPA either way (no xformers).
         """
         super().__init__()
+        # Checked before the backbone loads: a bad value must not cost a model load.
+        positive(lr, "--model.lr")
+        if reference_dtype not in REFERENCE_DTYPES:
+            raise SettingsError(f"--model.reference_dtype must be one of {sorted(REFERENCE_DTYPES)}, got {reference_dtype!r}")
         self.save_hyperparameters(ignore=["method", "optimizer"])
         self.method = method if method is not None else ESD()
         self.optimizer_factory = optimizer
-        if reference_dtype not in REFERENCE_DTYPES:
-            raise ValueError(f"reference_dtype must be one of {sorted(REFERENCE_DTYPES)}, got {reference_dtype!r}")
         self.backbone: Backbone = DiffusersBackbone(pretrained) if pretrained else TinyWorldBackbone()
         if unet_weights:
             load_unet_weights(self.unet, unet_weights)
@@ -234,10 +238,10 @@ class UnlearningModule(LightningModule):
         params = dict(self.unet.named_parameters())
         unknown = [k for k in state if k not in params]
         if unknown:
-            raise ValueError(f"{source} does not fit this model: it has keys this UNet lacks, e.g. {unknown[:3]}")
+            raise UnetWeightsError(f"{source} does not fit this model: it has keys this UNet lacks, e.g. {unknown[:3]}")
         for k, v in state.items():
             if params[k].shape != v.shape:
-                raise ValueError(
+                raise UnetWeightsError(
                     f"{source} does not fit this model: {k} has shape {tuple(v.shape)}, the UNet's is {tuple(params[k].shape)}"
                 )
         with torch.no_grad():

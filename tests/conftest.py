@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Import Lightning at collection: its log handler then binds the session's stderr, not the captured
+# stderr of whichever test first imports it (a "Logging error" traceback in a later test's output).
+import lightning.pytorch  # noqa: F401, E402
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 REPO = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ user + mount namespace, ENOSPC; skipped where the kernel does not allow that nam
 from __future__ import annotations
 
 import json
+import re
 import resource
 import shutil
 import signal
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from lightning_unlearn.atomic_io import (
-    file_sha256, load_weights, save_weights, write_bytes, write_json, write_png, write_text,
+    WeightsFileError, file_sha256, load_weights, save_weights, write_bytes, write_json, write_png, write_text,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +135,20 @@ def test_writers_round_trip_and_hash(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt", "w.safetensors", "x.bin"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_weights(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("content", ["truncated", "text", "pickle", "empty"])
+def test_a_file_safetensors_cannot_read_is_named_by_its_path(tmp_path, content):
+    import pickle
+
+    good = tmp_path / "good.safetensors"
+    save_weights({"a": torch.ones(64)}, good)
+    payload = {"truncated": good.read_bytes()[:100], "text": b"these are not weights\n",
+               "pickle": pickle.dumps({"a": 1}), "empty": b""}[content]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(payload)
+    with pytest.raises(WeightsFileError, match=rf"^{re.escape(str(bad))} is not a readable safetensors file \(.+\)$"):
+        load_weights(bad)
 
 
 def test_written_files_get_the_mode_a_plain_open_would(tmp_path):

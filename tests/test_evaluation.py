@@ -3,6 +3,7 @@ import math
 import torch
 
 from lightning_unlearn.cli import main  # noqa: F401  (imports Lightning at collection: its log handler binds the session's stderr)
+from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.evaluation import UnlearningScores, score
 from lightning_unlearn.requests import ConceptVocabulary, Request
 
@@ -56,7 +57,7 @@ def test_vocabulary_subset_selects_classifier_columns_by_name():
     sub = VocabularySubset(Fixed(), ["a", "b", "c", "d"], ["x", "y", "z"], vocab)
     s, o = sub(torch.zeros(2, 3, 4, 4))
     assert s[0].tolist() == [3.0, 1.0] and o[0].tolist() == [1.0, 5.0]
-    with pytest.raises(ValueError, match="does not know the concepts \\['q'\\]"):
+    with pytest.raises(SettingsError, match="--data.styles names 'q', which the classifier does not know"):
         VocabularySubset(Fixed(), ["a"], ["x"], ConceptVocabulary(styles=["q"], objects=["x"]))
 
 

@@ -103,10 +103,11 @@ def test_independent_with_ties_merge_evaluates_the_merge_of_the_task_vectors(tmp
     assert run_json["merge"]["trim_scope"] == "global"
 
 
-def test_merging_needs_the_independent_protocol(tmp_path):
-    with pytest.raises(ValueError, match="needs protocol 'independent'"):
-        run(tmp_path / "bad", "--stream.merge.method=ties")
-    assert not (tmp_path / "bad" / "ledger.json").exists()
+def test_merging_needs_the_independent_protocol(tmp_path, cli_error):
+    line = cli_error(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml", "--data.requests=[Van Gogh]",
+                      f"--stream.run_dir={tmp_path / 'bad'}", *FAST, "--stream.merge.method=ties"])
+    assert "needs protocol 'independent'" in line
+    assert not (tmp_path / "bad").exists()  # refused before the run folder is made
 
 
 def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path, cli_error):

@@ -73,5 +73,5 @@ def test_evaluation_settings_refuse_unknown_sampler():
     from lightning_unlearn.evaluation import EvaluationSettings
 
     assert EvaluationSettings(sampler="dpm++", steps=10).sampler == "dpm++"
-    with pytest.raises(ValueError, match="evaluation sampler must be one of"):
+    with pytest.raises(ValueError, match="--stream.evaluation.sampler must be one of"):
         EvaluationSettings(sampler="heun")

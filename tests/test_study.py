@@ -67,3 +67,20 @@ def test_a_study_runs_each_stream_in_its_folder_and_skips_finished_ones(tmp_path
     again = run_study(study)
     assert {s["status"] for s in again.values()} == {"skipped (finished)"}
     assert "finished already, skipped" in capfd.readouterr().out
+
+
+def test_a_study_root_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "root").write_text("a file")
+    with pytest.raises(StudyConfigError, match=r"root .*root is or is inside the file .*root, not a folder"):
+        Study.load(write(tmp_path / "study.yaml", {"root": str(tmp_path / "root"), "runs": [{"name": "a"}]}))
+
+
+def test_failed_runs_end_the_study_with_one_error_line(tmp_path, cli_error):
+    # The failing run is refused by the setting checks, so it costs one process start.
+    config = write(tmp_path / "study.yaml", {
+        "root": str(tmp_path / "study"), "report": False,
+        "runs": [{"name": "broken", "args": [*FAST, "--data.steps_per_request=0"]}],
+    })
+    line = cli_error(["study", "--config", str(config)])
+    assert line.startswith("error: study runs failed: broken (failed (exit 2))")
+    assert not (tmp_path / "study" / "broken").exists()

@@ -96,3 +96,14 @@ def test_bad_weights_are_refused_by_name(tiny_sd_folder, tmp_path):
     with pytest.raises(UnetWeightsError, match="is a different UNet: its in_channels is 12"):
         load_unet_weights(unet, tmp_path / "tiny")
     assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())  # refusals changed nothing
+
+
+@pytest.mark.parametrize("content", [b"step,UA\n1,99\n", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":"])
+def test_a_text_or_truncated_file_given_as_unet_weights_is_named_by_its_path(tmp_path, cli_error, content):
+    weights = tmp_path / "unet.safetensors"
+    weights.write_bytes(content)
+    run = tmp_path / "run"
+    line = cli_error(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml", f"--stream.run_dir={run}",
+                      f"--model.unet_weights={weights}"])
+    assert line.startswith(f"error: {weights} is not a readable safetensors file (") and line.endswith(")")
+    assert not run.exists()

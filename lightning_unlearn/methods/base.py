@@ -7,11 +7,17 @@ see the module: everything it may use comes in a :class:`MethodContext`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lightning_unlearn.methods.context import MethodContext
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from lightning_unlearn.backbone import Backbone
+    from lightning_unlearn.requests import ConceptVocabulary, Request
 
 
 class UnlearningMethod:
@@ -23,6 +29,10 @@ class UnlearningMethod:
         Called once per request, after ``context.reference_unet`` has been frozen from the
         weights the request starts from. ``context.captions`` name the concepts being erased.
         """
+
+    def check_stream(self, backbone: Backbone, requests: Sequence[Request], vocabulary: ConceptVocabulary) -> None:
+        """Refuse, with a :class:`~lightning_unlearn.errors.SettingsError`, a stream this method
+        cannot serve as configured on ``backbone``. Called once before any work or file; default: no check."""
 
     def loss(self, context: MethodContext, batch: dict[str, Any]) -> torch.Tensor:
         """The unlearning loss of one batch (``caption``: list[str], ``seed``: [B] tensor)."""

@@ -31,7 +31,7 @@ import json
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +39,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_unlearn.atomic_io import load_weights, save_weights
+from lightning_unlearn.checks import at_least, closest_name, did_you_mean, non_negative
+from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.fingerprint import base_fingerprint
 from lightning_unlearn.methods.base import UnlearningMethod
 from lightning_unlearn.methods.context import MethodContext
 from lightning_unlearn.requests import ConceptVocabulary, Request
 from lightning_unlearn.sampling import TextCondition, ddim_sample, predict_noise, seeded_noise
+
+if TYPE_CHECKING:
+    from lightning_unlearn.backbone import Backbone
 
 #: Tiny-world anchor of each object: a similar-looking shape, so the erased object turns into a
 #: plausible neighbour rather than into noise. Where the default 8-request object stream allows,
@@ -82,12 +87,14 @@ def anchor_concept(request: Request, anchors: Mapping[str, str]) -> str | None:
     if request.kind == "style":
         anchor = anchor or None
     elif not anchor:
-        raise ValueError(
+        raise SettingsError(
             f"Concept Ablation has no anchor for the object {request.concept!r}: "
             f"add it to --model.method.init_args.anchors (target: anchor object)"
         )
     if anchor == request.concept:
-        raise ValueError(f"the anchor of {request.concept!r} is the concept itself; choose another one")
+        raise SettingsError(
+            f"--model.method.init_args.anchors: the anchor of {request.concept!r} is the concept itself; choose another one"
+        )
     return anchor
 
 
@@ -130,7 +137,22 @@ def _slug(text: str) -> str:
 
 
 class ConceptAblation(UnlearningMethod):
-    """Concept Ablation: map the target concept onto an anchor concept, on base-model anchor images."""
+    """Concept Ablation: map the target concept onto an anchor concept, on base-model anchor images.
+
+    Anchors are checked when the stream starts, before any work or file (:meth:`check_stream`):
+
+    - every object requested needs an anchor, and no concept may be its own anchor;
+    - a target named in ``anchors`` must be a concept of the vocabulary (a misspelt target
+      would silently leave its request on the default anchor);
+    - an anchor that is a concept of the vocabulary must be of the request's kind (a style's
+      anchor a style, an object's an object: the captions swap one word for the other);
+    - an anchor outside the vocabulary is refused on the tiny world, whose UNet has only ever
+      seen its own styles and objects (anchor images of anything else are noise), and allowed
+      on a real model, whose text encoder knows far more concepts than the stream scores
+      ("horse" for "zebra") -- unless it is a near-miss of a vocabulary concept (equal but for
+      case, spaces or hyphens, or, for names of six letters or more, one or two letters off:
+      "Van gogh", "Picaso"), which is a typo and is refused with "did you mean ...?".
+    """
 
     def __init__(
         self,
@@ -154,9 +176,14 @@ class ConceptAblation(UnlearningMethod):
             cache_dir: folder of the anchor cache; unset = the request's cache folder
                 (``<run_dir>/anchors`` in a stream; in memory only when there is none).
         """
-        if images_per_anchor < 1:
-            raise ValueError(f"images_per_anchor must be at least 1, got {images_per_anchor}")
-        self.anchors: dict[str, str] = {**DEFAULT_OBJECT_ANCHORS, **(anchors or {})}
+        option = "--model.method.init_args."
+        at_least(images_per_anchor, 1, option + "images_per_anchor")
+        at_least(ddim_steps, 1, option + "ddim_steps")
+        non_negative(guidance, option + "guidance")
+        at_least(sample_batch, 1, option + "sample_batch")
+        self.user_anchors: dict[str, str] = dict(anchors or {})
+        """The anchors the user gave (checked against the vocabulary by :meth:`check_stream`)."""
+        self.anchors: dict[str, str] = {**DEFAULT_OBJECT_ANCHORS, **self.user_anchors}
         self.images_per_anchor = images_per_anchor
         self.ddim_steps = ddim_steps
         self.guidance = guidance
@@ -175,6 +202,52 @@ class ConceptAblation(UnlearningMethod):
         # Base fingerprints by trained UNet, one per module (weak: a dead UNet's entry must not
         # outlive it). Keyed by the UNet, not by the context: a context lives one request.
         self._fingerprints: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+    def check_stream(self, backbone: Backbone, requests: Sequence[Request], vocabulary: ConceptVocabulary) -> None:
+        """Refuse, naming it, an anchor this stream cannot use (the rules in the class docstring)."""
+        from lightning_unlearn.backbone import TinyWorldBackbone
+        from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
+
+        option = "--model.method.init_args.anchors"
+        known = [*vocabulary.styles, *vocabulary.objects]
+        for target in self.user_anchors:
+            if target not in known:
+                raise SettingsError(
+                    f"{option} names {target!r}, which is not a concept of the vocabulary{did_you_mean(target, known)}: "
+                    f"its anchor would never be used (styles {vocabulary.styles}, objects {vocabulary.objects})"
+                )
+        tiny = isinstance(backbone, TinyWorldBackbone)
+        # What the model knows by kind: the tiny world's UNet knows all of its concepts, even
+        # those a stream's vocabulary leaves out.
+        kinds = {"style": [*STYLES], "object": [*OBJECTS]} if tiny else {"style": vocabulary.styles, "object": vocabulary.objects}
+        for request in requests:
+            anchor = anchor_concept(request, self.anchors)
+            if anchor is None or anchor in kinds[request.kind]:
+                continue
+            other = "object" if request.kind == "style" else "style"
+            if anchor in kinds[other]:
+                raise SettingsError(
+                    f"{option}: the anchor of the {request.kind} {request.concept!r} is the {other} {anchor!r}; "
+                    f"a {request.kind}'s anchor must be a {request.kind} (one of {kinds[request.kind]})"
+                )
+            if tiny:
+                raise SettingsError(
+                    f"{option}: the anchor {anchor!r} of {request.concept!r} is not a tiny-world "
+                    f"{request.kind}{did_you_mean(anchor, kinds[request.kind])}; the tiny UNet knows only "
+                    f"{kinds[request.kind]}"
+                )
+            letters = sum(ch.isalnum() for ch in anchor)
+            near = closest_name(anchor, [*vocabulary.styles, *vocabulary.objects], max_edits=2 if letters >= 6 else 0)
+            if near is not None:
+                raise SettingsError(
+                    f"{option}: the anchor {anchor!r} of {request.concept!r} is not in the vocabulary but almost "
+                    f"the concept {near!r}: did you mean {near!r}? (an anchor outside the vocabulary is allowed "
+                    "on a real model, but not a near-miss of a known concept)"
+                )
+            rank_zero_info(
+                f"Concept Ablation: the anchor {anchor!r} of {request.concept!r} is not in the vocabulary; "
+                "it is used as given (the model's text encoder names it)"
+            )
 
     # -- per request ---------------------------------------------------------------------------
     def prepare_request(self, context: MethodContext) -> None:

@@ -45,6 +45,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from lightning_unlearn.checks import at_least, non_negative
 from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.methods.base import UnlearningMethod
 from lightning_unlearn.methods.context import MethodContext
@@ -92,6 +93,18 @@ def reference_steps_taken(t_enc: torch.Tensor, ddim_steps: int) -> torch.Tensor:
     return ddim_steps - t_enc.clamp(min=1)
 
 
+def check_esd_settings(negative_guidance: float, ddim_steps: int, start_guidance: float,
+                       bank_trajectories: int, bank_batch: int) -> None:
+    """A :class:`SettingsError` for an ESD option that cannot be served (eta < 0 would
+    strengthen the concept instead of erasing it)."""
+    option = "--model.method.init_args."
+    non_negative(negative_guidance, option + "negative_guidance")
+    at_least(ddim_steps, 1, option + "ddim_steps")
+    non_negative(start_guidance, option + "start_guidance")
+    at_least(bank_trajectories, 1, option + "bank_trajectories")
+    at_least(bank_batch, 1, option + "bank_batch")
+
+
 class ESD(UnlearningMethod):
     """ESD loss with negative guidance ``eta``; x_t from a bank, online or as the reference code (``xt_source``)."""
 
@@ -118,6 +131,7 @@ class ESD(UnlearningMethod):
         """
         if xt_source not in XT_SOURCES:
             raise SettingsError(f"xt_source must be one of {', '.join(XT_SOURCES)}; got {xt_source!r}")
+        check_esd_settings(negative_guidance, ddim_steps, start_guidance, bank_trajectories, bank_batch)
         self.negative_guidance = negative_guidance
         self.ddim_steps = ddim_steps
         self.start_guidance = start_guidance

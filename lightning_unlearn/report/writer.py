@@ -30,9 +30,14 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | N
         raise RunFolderError(f"a run folder is given twice: {[str(d) for d in run_dirs]}")
     # Every folder is read before anything is written: a bad one leaves no half-written report.
     runs = [load_run(d) for d in run_dirs]
+    out_dir = Path(out_dir)
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise RunFolderError(f"the report folder {out_dir} is or is inside the file {folder}: give a folder's path")
+            break
     title = title or "lightning-unlearn report: " + ", ".join(run.name for run in runs)
     sections = build_sections(runs)
-    out_dir = Path(out_dir)
     figures = []
     for figure in figures_of(sections):
         path = out_dir / "figures" / figure.filename

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 import lightning_unlearn.methods.concept_ablation as ca
 from lightning_unlearn.cli import main
+from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.methods import ConceptAblation
 from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.requests import ConceptVocabulary, Request
@@ -180,3 +181,47 @@ def test_cli_stream_of_a_style_and_an_object_writes_the_run_and_anchor_cache(tmp
     assert anchors == ["cross", "plain"]  # the style's plain captions, the star's default anchor
     cached = load_file(str(next((run / "anchors").glob("cross-*.safetensors"))))
     assert cached["latents"].shape[0] == 4 and cached["caption_index"].shape == (4,)
+
+
+VAN_GOGH, STAR = Request("Van Gogh", "style"), Request("star", "object")
+
+
+@pytest.mark.parametrize("anchors, requests, named", [
+    ({"Van Gohg": "Monet"}, [VAN_GOGH], "names 'Van Gohg', which is not a concept of the vocabulary (did you mean 'Van Gogh'?)"),
+    ({"Rembrandt": "Monet"}, [VAN_GOGH], "names 'Rembrandt', which is not a concept of the vocabulary: its anchor would never be used"),
+    ({"Van Gogh": "monet"}, [VAN_GOGH], "the anchor 'monet' of 'Van Gogh' is not a tiny-world style (did you mean 'Monet'?)"),
+    ({"Van Gogh": "Rembrandt"}, [VAN_GOGH], "the anchor 'Rembrandt' of 'Van Gogh' is not a tiny-world style; the tiny UNet knows only"),
+    ({"star": "Monet"}, [STAR], "the anchor of the object 'star' is the style 'Monet'; a object's anchor must be a object"),
+    ({"star": "star"}, [STAR], "the anchor of 'star' is the concept itself"),
+])
+def test_tiny_world_anchors_are_checked_at_the_start(module, anchors, requests, named):
+    method = ConceptAblation(anchors=anchors, **TINY)
+    with pytest.raises(SettingsError) as info:
+        method.check_stream(module, requests, ConceptVocabulary())
+    assert named in str(info.value)
+
+
+def test_tiny_world_anchors_may_be_concepts_the_stream_vocabulary_leaves_out(module):
+    # A stream over a subset still runs on the full tiny UNet, which knows "Monet".
+    vocabulary = ConceptVocabulary(styles=["Van Gogh", "Cartoon"], objects=["circle", "ring"])
+    ConceptAblation(anchors={"Van Gogh": "Monet"}, **TINY).check_stream(module, [VAN_GOGH], vocabulary)
+
+
+def test_an_object_without_an_anchor_is_refused_at_the_start_not_at_its_request(module):
+    vocabulary = ConceptVocabulary(styles=["Van Gogh"], objects=["star", "horse"])
+    with pytest.raises(SettingsError, match="no anchor for the object 'horse'"):
+        ConceptAblation(**TINY).check_stream(module, [STAR, Request("horse", "object")], vocabulary)
+
+
+def test_real_model_anchors_outside_the_vocabulary_are_used_unless_a_near_miss(tiny_sd_folder, caplog):
+    real = UnlearningModule(method=ConceptAblation(**TINY), pretrained=str(tiny_sd_folder), trainable="kv-xattn")
+    vocabulary = ConceptVocabulary(styles=["Van Gogh", "Picasso"], objects=["zebra", "house"])
+    zebra = Request("zebra", "object")
+    # The text encoder of a real model knows "horse", though the stream does not score it; a
+    # short word one letter from "house" is another word, not a typo.
+    ConceptAblation(anchors={"zebra": "horse"}, **TINY).check_stream(real, [zebra], vocabulary)
+    for anchor, meant in (("picaso", "Picasso"), ("Van-Gogh", "Van Gogh"), ("HOUSE", "house")):
+        method = ConceptAblation(anchors={"zebra" if meant == "house" else "Van Gogh": anchor}, **TINY)
+        request = zebra if meant == "house" else VAN_GOGH
+        with pytest.raises(SettingsError, match=rf"the anchor '{anchor}' .* did you mean '{meant}'\?"):
+            method.check_stream(real, [request], vocabulary)
