@@ -41,11 +41,11 @@ def main() -> None:
 
     from lightning.pytorch import Callback, Trainer, seed_everything
 
-    from callbacks.anchor import AnchorRegularizer
-    from callbacks.base import request_callbacks
-    from callbacks.gradient_projection import GradientProjection
-    from callbacks.selective_finetuning import SelectiveFineTuning
-    from datamodules.concept_stream import ConceptStreamDataModule
+    from lightning_unlearn.callbacks.anchor import AnchorRegularizer
+    from lightning_unlearn.callbacks.base import request_callbacks
+    from lightning_unlearn.callbacks.gradient_projection import GradientProjection
+    from lightning_unlearn.callbacks.selective_finetuning import SelectiveFineTuning
+    from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
     from lightning_unlearn.methods import ESD
     from lightning_unlearn.protocols import plan_request
     from lightning_unlearn.unlearning_module import UnlearningModule

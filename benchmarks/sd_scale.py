@@ -99,7 +99,7 @@ def measure(setting: str, folder: Path, args) -> dict:
     import torch
     from lightning.pytorch import Callback, Trainer
 
-    from datamodules.concept_stream import ConceptStreamDataModule
+    from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
     from lightning_unlearn.methods import ESD
     from lightning_unlearn.protocols import plan_request
     from lightning_unlearn.unlearning_module import UnlearningModule

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from callbacks.base import RequestCallback
+from lightning_unlearn.callbacks.base import RequestCallback
 from lightning_unlearn.checks import non_negative
 
 
@@ -48,7 +48,7 @@ class AnchorRegularizer(RequestCallback):
         if reference not in ("previous", "base"):
             raise ValueError(f"reference must be 'previous' or 'base', got {reference!r}")
         # A negative weight would reward moving away from the reference.
-        non_negative(weight, "callbacks.anchor.AnchorRegularizer init_args.weight")
+        non_negative(weight, "lightning_unlearn.callbacks.anchor.AnchorRegularizer init_args.weight")
         self.kind = kind
         self.weight = float(weight)
         self.reference = reference

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from callbacks.base import RequestCallback
+from lightning_unlearn.callbacks.base import RequestCallback
 
 
 def l2_norms(current: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict[str, Any]:

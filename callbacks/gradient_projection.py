@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks.base import RequestCallback
+from lightning_unlearn.callbacks.base import RequestCallback
 from lightning_unlearn.checks import at_least, in_interval
 from lightning_unlearn.concept_embeddings import concept_embeddings
 from lightning_unlearn.requests import ConceptVocabulary, Request
@@ -101,10 +101,10 @@ class GradientProjection(RequestCallback):
         if mode not in ("gradient", "update"):
             raise ValueError(f"mode must be 'gradient' or 'update', got {mode!r}")
         if top_n is not None:
-            at_least(top_n, 0, "callbacks.gradient_projection.GradientProjection init_args.top_n")
+            at_least(top_n, 0, "lightning_unlearn.callbacks.gradient_projection.GradientProjection init_args.top_n")
         if similarity_threshold is not None:
             # A cosine similarity: a threshold outside [-1, 1] protects everything or nothing.
-            in_interval(similarity_threshold, -1, 1, "callbacks.gradient_projection.GradientProjection "
+            in_interval(similarity_threshold, -1, 1, "lightning_unlearn.callbacks.gradient_projection.GradientProjection "
                         "init_args.similarity_threshold", low_open=False)
         self.mode = mode
         self.similarity_threshold = similarity_threshold

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.base import RequestCallback
+from lightning_unlearn.callbacks.base import RequestCallback
 from lightning_unlearn.checks import at_least, in_interval
 from lightning_unlearn.topk import count_for_fraction, global_topk_masks
 
@@ -44,8 +44,8 @@ class SelectiveFineTuning(RequestCallback):
             name: distinguishes two instances of this class in checkpoints and logs.
         """
         super().__init__(name=name)
-        in_interval(top_k, 0, 1, "callbacks.selective_finetuning.SelectiveFineTuning init_args.top_k")
-        at_least(importance_batches, 1, "callbacks.selective_finetuning.SelectiveFineTuning init_args.importance_batches")
+        in_interval(top_k, 0, 1, "lightning_unlearn.callbacks.selective_finetuning.SelectiveFineTuning init_args.top_k")
+        at_least(importance_batches, 1, "lightning_unlearn.callbacks.selective_finetuning.SelectiveFineTuning init_args.importance_batches")
         self.top_k = float(top_k)
         self.importance_batches = int(importance_batches)
         self.masks: dict[str, torch.Tensor] = {}

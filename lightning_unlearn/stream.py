@@ -41,8 +41,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.base import request_callbacks
-from datamodules.concept_stream import ConceptStreamDataModule
+from lightning_unlearn.callbacks.base import request_callbacks
+from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.atomic_io import (
     file_sha256, load_weights, remove_stale_temporaries, save_weights, write_json, write_png, write_text,
 )

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from callbacks.gradient_projection import GradientProjection
-from callbacks.selective_finetuning import SelectiveFineTuning
+from lightning_unlearn.callbacks.gradient_projection import GradientProjection
+from lightning_unlearn.callbacks.selective_finetuning import SelectiveFineTuning
 from lightning_unlearn.atomic_io import save_weights, write_json
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from callbacks.base import RequestCallback
+from lightning_unlearn.callbacks.base import RequestCallback
 
 
 def _first_time(marker: str) -> bool:

@@ -39,7 +39,7 @@ SEQUENTIAL = {"protocol": "sequential", "merge": None, "simultaneous": {"check_e
 PROTOCOLS = {
     "simultaneous": {"protocol": "simultaneous", "merge": None,
                      "simultaneous": {"check_every_n_steps": 50, "max_steps": 300}},
-    "independent_ties": {"protocol": "independent", "merge": {"method": "ties", "lambda_": 2.0, "top_k": 0.2},
+    "independent_ties": {"protocol": "independent", "merge": {"method": "ties", "lambda_": 2.0, "top_k": 0.2, "trim_scope": "global"},
                          "simultaneous": {"check_every_n_steps": 50, "max_steps": 1000}},
 }
 METHODS = {"esd": ("lightning_unlearn.methods.ESD", "esd-x"),

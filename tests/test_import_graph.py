@@ -21,18 +21,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("lightning_unlearn", "callbacks", "datamodules")
+INSTALLED_AS = {"callbacks": "lightning_unlearn.callbacks", "datamodules": "lightning_unlearn.datamodules"}
+"""Top-level source folders and the package they install as (pyproject.toml's package-dir)."""
 
 
 def module_name(path: Path, root: Path) -> str:
-    """Dotted module name of ``path`` (a package's ``__init__.py`` is the package itself)."""
+    """Dotted module name of ``path`` as installed (a package's ``__init__.py`` is the package itself)."""
     parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
+    parts[0] = INSTALLED_AS.get(parts[0], parts[0])
     return ".".join(parts)
 
 
 def project_modules(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
-    """Every module of ``packages`` under ``root``, by dotted name."""
+    """Every module of ``packages`` under ``root``, by dotted (installed) name."""
     return {module_name(path, root): path for package in packages for path in sorted((root / package).rglob("*.py"))}
 
 
@@ -87,7 +90,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_project_has_no_import_circle():
     graph = import_graph()
-    assert "lightning_unlearn.unlearning_module" in graph and "callbacks.base" in graph, "the scan found the packages"
+    assert "lightning_unlearn.unlearning_module" in graph and "lightning_unlearn.callbacks.base" in graph, "the scan found the packages"
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle)
 

@@ -131,7 +131,7 @@ def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path, cli_error):
 
 
 def test_the_ties_trim_scope_is_a_command_line_option_and_its_help_says_the_trim_is_global(tmp_path, capsys):
-    from datamodules.concept_stream import ConceptStreamDataModule
+    from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
     from lightning_unlearn.stream import UnlearnCLI
     from lightning_unlearn.unlearning_module import UnlearningModule
 

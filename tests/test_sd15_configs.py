@@ -8,7 +8,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from datamodules.concept_stream import ConceptStreamDataModule
+from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.cli import main
 from lightning_unlearn.tinyworld.concepts import PromptTemplates
 

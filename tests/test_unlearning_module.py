@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from datamodules.concept_stream import ConceptStreamDataModule
+from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.stream import UnlearnCLI
 from lightning_unlearn.unlearning_module import UnlearningModule
 

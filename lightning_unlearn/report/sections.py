@@ -151,7 +151,7 @@ def drift_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
     section = Section("Parameter drift")
     with_drift = [run for run in runs if any(r.drift for r in run.requests)]
     if not with_drift:
-        section.blocks.append(Note("No run has drift.json (add callbacks.drift.DriftRecorder to the stream's callbacks)."))
+        section.blocks.append(Note("No run has drift.json (add lightning_unlearn.callbacks.drift.DriftRecorder to the stream's callbacks)."))
         return section
     to_base, to_previous, rows = [], [], []
     for run in with_drift:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 
-from callbacks.base import request_callbacks
-from datamodules.concept_stream import ConceptStreamDataModule
+from lightning_unlearn.callbacks.base import request_callbacks
+from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.methods import ESD
 from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.trainable import apply_trainable

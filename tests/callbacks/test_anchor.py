@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from callbacks.anchor import AnchorRegularizer
+from lightning_unlearn.callbacks.anchor import AnchorRegularizer
 
 
 def drift(module, start: dict[str, torch.Tensor]) -> float:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from callbacks.drift import DriftRecorder, l2_norms
+from lightning_unlearn.callbacks.drift import DriftRecorder, l2_norms
 
 
 def test_l2_norms_on_known_tensors():

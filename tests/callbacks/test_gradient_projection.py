@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import torch
 
-from callbacks.gradient_projection import GradientProjection, drop_near_duplicates, ridge_factors
+from lightning_unlearn.callbacks.gradient_projection import GradientProjection, drop_near_duplicates, ridge_factors
 from lightning_unlearn.concept_embeddings import concept_embeddings
 from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.requests import ConceptVocabulary, Request

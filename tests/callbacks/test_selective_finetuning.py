@@ -2,7 +2,7 @@
 
 import torch
 
-from callbacks.selective_finetuning import SelectiveFineTuning
+from lightning_unlearn.callbacks.selective_finetuning import SelectiveFineTuning
 
 
 def test_exactly_k_selected_and_unselected_elements_stay_bit_identical_under_adamw(module, serve, make_data):

@@ -5,11 +5,11 @@ import json
 import pytest
 from lightning.pytorch import Trainer
 
-from callbacks.anchor import AnchorRegularizer
-from callbacks.base import RequestCallback
-from callbacks.drift import DriftRecorder
-from callbacks.gradient_projection import GradientProjection
-from callbacks.selective_finetuning import SelectiveFineTuning
+from lightning_unlearn.callbacks.anchor import AnchorRegularizer
+from lightning_unlearn.callbacks.base import RequestCallback
+from lightning_unlearn.callbacks.drift import DriftRecorder
+from lightning_unlearn.callbacks.gradient_projection import GradientProjection
+from lightning_unlearn.callbacks.selective_finetuning import SelectiveFineTuning
 from lightning_unlearn.cli import main
 from lightning_unlearn.stream import StreamRunner
 

@@ -1,6 +1,6 @@
 import pytest
 
-from datamodules.concept_stream import ConceptStreamDataModule
+from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.requests import Request, RequestError
 
 

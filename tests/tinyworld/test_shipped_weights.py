@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from datamodules.tinyworld_images import HeldOutImages
+from lightning_unlearn.datamodules.tinyworld_images import HeldOutImages
 from lightning_unlearn.backbone import TINY_WEIGHTS_DIR, TinyWorldBackbone
 from lightning_unlearn.evaluation import EvaluationSettings, Evaluator, score
 from lightning_unlearn.requests import ConceptVocabulary
