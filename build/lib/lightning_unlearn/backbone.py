@@ -1,0 +1,281 @@
+"""The backbone: a UNet, a frozen text encoder, a latent codec and a noise schedule.
+
+Everything downstream (methods, regularizers, evaluation) talks to a :class:`Backbone` and
+never needs to know whether it runs the tiny world or a Stable Diffusion folder:
+
+- :class:`TinyWorldBackbone`: the shipped tiny UNet, MiniLM token states, and a lossless
+  pixel fold (2 x 2 blocks into channels) as the "VAE".
+- :class:`DiffusersBackbone`: a diffusers-format Stable Diffusion (1.x / 2.x) folder (UNet, VAE,
+  CLIP text encoder + tokenizer, scheduler), loaded from disk only, from safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from torch import nn
+
+from lightning_unlearn.atomic_io import load_weights
+from lightning_unlearn.errors import UnlearnError
+from lightning_unlearn.unet_weights import CONVERT_HINT, PICKLED_SUFFIXES
+
+TINY_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+"""Where the tiny world's pretrained UNet and classifier ship."""
+
+
+class ModelPathError(UnlearnError, ValueError):
+    """A model folder (``--model.pretrained``, ``--stream.evaluation.classifier``) that does not
+    exist, is not a pipeline this project supports, or holds pickled weights only."""
+
+
+SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "Stable Diffusion 1.x / 2.x"}
+"""``_class_name`` values of ``model_index.json`` the diffusers backbone serves. Other families
+(SDXL's second text encoder and size conditioning, SD3 / Flux / PixArt / Sana transformers)
+would load partly and crash mid-run, so they are refused up front."""
+
+PIPELINE_WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+"""Components of a Stable Diffusion folder that hold weights, and the stem of their weights file
+(diffusers models: ``diffusion_pytorch_model``; transformers models: ``model``)."""
+
+
+def check_safetensors_weights(folder: Path, stem: str) -> None:
+    """A :class:`ModelPathError` unless ``folder`` holds ``STEM.safetensors`` (or its shard index).
+
+    Checked before any ``from_pretrained``: a folder with pickled weights only (``.bin``,
+    ``.ckpt``, ...) is refused by name, with the conversion hint, and never opened.
+    """
+    if (folder / f"{stem}.safetensors").is_file() or (folder / f"{stem}.safetensors.index.json").is_file():
+        return
+    pickled = sorted(p for p in folder.iterdir() if p.suffix in PICKLED_SUFFIXES) if folder.is_dir() else []
+    if pickled:
+        raise ModelPathError(
+            f"{pickled[0]} is a pickled checkpoint and {folder} has no {stem}.safetensors; pickled weights "
+            f"are never unpickled; {CONVERT_HINT}"
+        )
+    raise ModelPathError(f"{folder} has no weights this project can load: it lacks {stem}.safetensors")
+
+
+class Backbone(nn.Module):
+    """Common interface of the tiny world and Stable Diffusion backbones."""
+
+    unet: UNet2DConditionModel
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    # -- text -------------------------------------------------------------------------------
+    def _encode_uncached(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token states [B, L, D] (and a mask [B, L] or ``None``) for captions.
+
+        The text encoder is frozen, so each distinct caption is encoded once and cached.
+        """
+        missing = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
+        if missing:
+            states, mask = self._encode_uncached(missing)
+            for i, caption in enumerate(missing):
+                self._text_cache[caption] = (
+                    states[i].detach().cpu(),
+                    None if mask is None else mask[i].detach().cpu(),
+                )
+        device = self.device
+        states = torch.stack([self._text_cache[c][0] for c in captions]).to(device)
+        masks = [self._text_cache[c][1] for c in captions]
+        mask = None if masks[0] is None else torch.stack(masks).to(device)  # type: ignore[arg-type]
+        return states, mask
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` becomes, special tokens excluded."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # -- latents ----------------------------------------------------------------------------
+    def images_to_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], [B, 3, H, W] -> latents the UNet denoises."""
+        raise NotImplementedError
+
+    def latents_to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1], [B, 3, H, W]."""
+        raise NotImplementedError
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one latent."""
+        cfg = self.unet.config
+        return (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    # -- noise schedule ---------------------------------------------------------------------
+    def training_scheduler(self) -> DDPMScheduler:
+        """The forward-noising schedule the UNet was trained with."""
+        return DDPMScheduler.from_config(self.scheduler_config)
+
+    def sampling_scheduler(self) -> DDIMScheduler:
+        """A fresh DDIM sampler over the same schedule (stateful: one per sampling loop)."""
+        return DDIMScheduler.from_config(self.scheduler_config)
+
+    scheduler_config: dict
+
+
+class TinyWorldBackbone(Backbone):
+    """Tiny UNet + MiniLM + pixel fold; weights from ``weights`` or the shipped ones."""
+
+    def __init__(self, unet: UNet2DConditionModel | None = None, weights: str | Path | None = None) -> None:
+        super().__init__()
+        from lightning_unlearn.tinyworld.text_encoder import MiniLMTextEncoder
+        from lightning_unlearn.tinyworld.unet import PIXEL_FOLD, build_tiny_unet
+
+        self.fold = PIXEL_FOLD
+        if unet is None:
+            unet = build_tiny_unet()
+            path = Path(weights) if weights is not None else TINY_WEIGHTS_DIR / "tiny_unet.safetensors"
+            state = load_weights(path)
+            missing, unexpected = unet.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ValueError(
+                    f"{path} is not a tiny-world UNet checkpoint: {len(missing)} missing keys "
+                    f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+                )
+        self.unet = unet
+        # Kept out of the module tree so checkpoints and .to() never touch the frozen encoder.
+        self.__dict__["text_encoder"] = MiniLMTextEncoder()
+        self.scheduler_config = dict(
+            num_train_timesteps=1000,
+            beta_schedule="squaredcos_cap_v2",
+            prediction_type="epsilon",
+            clip_sample=False,
+        )
+
+    @property
+    def tokenizer(self):
+        return self.text_encoder.tokenizer
+
+    def _encode_uncached(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.text_encoder(captions)
+
+    def images_to_latents(self, images: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(images, self.fold)
+
+    def latents_to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(latents, self.fold)
+
+
+def check_clip_folder(path: str | Path) -> Path:
+    """Return ``path`` if it is a local transformers CLIP folder with safetensors weights, else a
+    named error (``--stream.evaluation.classifier``). Nothing is loaded yet."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelPathError(f"CLIP classifier folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelPathError(f"CLIP classifier folder {path} is not a transformers model folder: it has no config.json")
+    check_safetensors_weights(path, "model")
+    return path
+
+
+def check_diffusers_folder(path: str | Path) -> Path:
+    """Return ``path`` if it holds a supported diffusers pipeline with safetensors weights, else a
+    named error. Reads only ``model_index.json`` and file names: nothing is loaded yet."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelPathError(f"model path {path} does not exist")
+    if not (path / "model_index.json").is_file():
+        raise ModelPathError(f"model path {path} is not a diffusers folder: it has no model_index.json")
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelPathError(f"{path / 'model_index.json'} is not valid JSON: {err}") from None
+    family = index.get("_class_name") if isinstance(index, dict) else None
+    if family not in SUPPORTED_PIPELINES:
+        supported = ", ".join(f"{name} ({what})" for name, what in SUPPORTED_PIPELINES.items())
+        raise ModelPathError(
+            f"{path} holds a {family or 'pipeline of unnamed class'} (model_index.json _class_name), which this "
+            f"project does not support; supported: {supported}"
+        )
+    needed = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    lacking = [name for name in needed if name not in index or not (path / name).is_dir()]
+    if lacking:
+        raise ModelPathError(f"diffusers folder {path} lacks the components {lacking}")
+    for component, stem in PIPELINE_WEIGHTS.items():
+        check_safetensors_weights(path / component, stem)
+    return path
+
+
+class DiffusersBackbone(Backbone):
+    """A Stable Diffusion 1.x / 2.x folder (``StableDiffusionPipeline``): UNet, VAE, CLIP text
+    encoder + tokenizer, scheduler; weights from safetensors only (pickled folders are refused)."""
+
+    def __init__(self, pretrained: str | Path, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        path = check_diffusers_folder(pretrained)
+        # use_safetensors=True: diffusers and transformers would otherwise fall back to unpickling
+        # a .bin; the folder check above has already refused such folders by name.
+        self.unet = UNet2DConditionModel.from_pretrained(
+            path, subfolder="unet", local_files_only=True, use_safetensors=True
+        )
+        vae = AutoencoderKL.from_pretrained(
+            path, subfolder="vae", local_files_only=True, torch_dtype=dtype, use_safetensors=True
+        )
+        text_encoder = CLIPTextModel.from_pretrained(
+            path, subfolder="text_encoder", local_files_only=True, torch_dtype=dtype, use_safetensors=True
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
+        vae.requires_grad_(False).eval()
+        text_encoder.requires_grad_(False).eval()
+        # Frozen helpers live outside the module tree: never trained, never checkpointed.
+        self.__dict__.update(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        sched = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "steps_offset")
+        self.scheduler_config = {k: sched[k] for k in keep if k in sched}
+        self.scheduler_config["clip_sample"] = False
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        cfg = self.unet.config
+        return (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
+
+    def _follow_unet(self) -> None:
+        # The frozen VAE and text encoder sit outside the module tree (so Lightning never
+        # casts or checkpoints them); they follow the UNet's device when first needed there.
+        device = self.device
+        if self.vae.device != device:
+            self.vae.to(device)
+            self.text_encoder.to(device)
+
+    def _encode_uncached(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self._follow_unet()
+        tokens = self.tokenizer(
+            captions,
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        )
+        states = self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
+        return states.float(), None
+
+    def images_to_latents(self, images: torch.Tensor) -> torch.Tensor:
+        self._follow_unet()
+        vae_dtype = next(self.vae.parameters()).dtype
+        dist = self.vae.encode(images.to(vae_dtype)).latent_dist
+        return (dist.mean * self.scaling_factor).float()
+
+    def latents_to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        self._follow_unet()
+        vae_dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode((latents / self.scaling_factor).to(vae_dtype)).sample.float().clamp(-1, 1)

@@ -1,0 +1,49 @@
+"""RequestCallback: a Lightning Callback that also hears when a request starts and ends.
+
+The stream runner calls ``on_request_start`` after the module has frozen its reference and
+prepared the method, and *before* ``trainer.fit`` builds the optimizer (so a callback can
+freeze tensors with ``requires_grad=False`` in time); ``on_request_end`` after the request's
+training, before its weights are saved and evaluated. Every process of a DDP run calls both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class RequestCallback(Callback):
+    """Base of regularizers and recorders that act per unlearning request."""
+
+    def __init__(self, name: str | None = None) -> None:
+        """
+        Args:
+            name: distinguishes two instances of one class in checkpoints (default: class name).
+        """
+        super().__init__()
+        self.name = name
+
+    @property
+    def state_key(self) -> str:
+        # Two instances of one class must not overwrite each other's checkpoint state.
+        return self._generate_state_key(name=self.name or type(self).__qualname__)
+
+    def on_request_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The module is ready for ``pl_module.current_request``; the optimizer is not built yet."""
+
+    def on_request_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Training for the current request is done; weights are not saved yet."""
+
+    def request_records(self) -> dict[str, dict[str, Any]]:
+        """JSON records of the request just ended, by file stem: the runner writes each to
+        ``requests/NN-<concept>/<stem>.json`` (after ``on_request_end``)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+def request_callbacks(trainer: Trainer) -> list[RequestCallback]:
+    """The trainer's callbacks that take request hooks."""
+    return [cb for cb in trainer.callbacks if isinstance(cb, RequestCallback)]

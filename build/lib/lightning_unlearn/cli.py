@@ -1,0 +1,108 @@
+"""Command line: LightningCLI subclasses behind one ``train.py`` with subcommands.
+
+- ``pretrain``: fit any LightningModule + DataModule from a config (the tiny world's UNet and
+  classifier recipes); Lightning's own ``fit`` options apply (``--ckpt_path last`` resumes).
+- ``unlearn``: serve a stream of unlearning requests (see ``lightning_unlearn.stream``).
+- ``study``: run several streams in turn, each in its own folder, then report on them all
+  (see ``lightning_unlearn.study``).
+- ``report``: compare run folders in one self-contained HTML page and Markdown (see
+  ``lightning_unlearn.report``; plain argparse, ``train.py report --help``).
+- ``verify``: audit a run folder against its ledger: every recorded file's sha256, the
+  ledger's structure, unexpected files (see ``lightning_unlearn.ledger``; ``train.py verify --help``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_unlearn.errors import UnlearnError
+
+SUBCOMMANDS = ("pretrain", "unlearn", "report", "study", "verify")
+
+
+def _quiet() -> None:
+    # Nothing in this project may reach for a hub at run time.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # jsonargparse >= 4.49 warns about its own deprecations under LightningCLI: noise to users.
+    warnings.filterwarnings("ignore", module="jsonargparse")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # We pass the subcommand's args explicitly but keep sys.argv intact: Lightning's DDP
+    # launcher re-runs the script from sys.argv in every process.
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+
+
+def pretrain(args: list[str]) -> None:
+    """Fit a pretraining recipe (``--model`` and ``--data`` take class paths)."""
+    LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=["fit", *args],
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch ``train.py SUBCOMMAND ...``; a named error (:class:`UnlearnError`) becomes one
+    ``error: ...`` line and exit status 2 (``LIGHTNING_UNLEARN_DEBUG=1`` keeps the traceback)."""
+    try:
+        _dispatch(argv)
+    except Exception as exc:
+        named = named_cause(exc)
+        if named is None or os.environ.get("LIGHTNING_UNLEARN_DEBUG"):
+            raise
+        print(f"error: {named}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def named_cause(exc: BaseException) -> UnlearnError | None:
+    """``exc`` if it is a named error, else the named error it was raised from, if any.
+
+    jsonargparse instantiates an ``Optional[...]`` setting (``--model.method``,
+    ``--stream.merge``) by trying each type of the union and re-raises a failure as a
+    ``ValueError`` listing every attempt, ``from`` the original error: the named error a
+    class's ``__init__`` raised is that error's ``__cause__``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UnlearnError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
+
+
+def _dispatch(argv: list[str] | None) -> None:
+    _quiet()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        print(f"usage: train.py {{{','.join(SUBCOMMANDS)}}} --config CONFIG [options]  (add --help for options)")
+        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    command, rest = argv[0], argv[1:]
+    if command == "pretrain":
+        pretrain(rest)
+    elif command == "study":
+        from lightning_unlearn.study import main as study
+
+        study(rest)
+    elif command == "report":
+        from lightning_unlearn.report import main as report
+
+        report(rest)
+    elif command == "verify":
+        from lightning_unlearn.ledger import main as verify
+
+        verify(rest)
+    else:
+        from lightning_unlearn.stream import unlearn
+
+        unlearn(rest)

@@ -1,0 +1,222 @@
+"""ConceptStreamDataModule: unlearning requests, in order, one at a time.
+
+The stream runner moves it from request to request (``set_position``); Lightning then asks it
+for the current request's training data. A training sample is a caption naming the concept
+and a seed (the method turns the seed into noise, a timestep, a bank draw...). Its position in
+the stream and the requests already served are in its ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lightning_unlearn.checks import at_least
+from lightning_unlearn.requests import ConceptVocabulary, Request, RequestError, drop_already_unlearned
+from lightning_unlearn.tinyworld.concepts import DEFAULT_STYLE_STREAM, PromptTemplates
+
+
+class RequestSamples(Dataset):
+    """``num_samples`` (caption, seed) pairs for one request; item i depends only on (seed, i)."""
+
+    def __init__(self, captions: list[str], num_samples: int, seed: int) -> None:
+        self.captions, self.num_samples, self.seed = captions, num_samples, seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"caption": self.captions[index % len(self.captions)], "seed": self.seed * 1_000_003 + index}
+
+
+class InOrderShards(DistributedSampler):
+    """Rank ``rank``'s share of a request's samples, in order: indices ``rank, rank + W, ...``.
+
+    Never shuffles, whatever ``set_epoch`` says, so the union of the ranks' step-s batches is
+    the one-process step-s batch for every world size W (the sample count is a multiple of
+    W * batch, so nothing is padded or dropped). Being a ``DistributedSampler`` is what keeps
+    Lightning from replacing it with its own shuffling one.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"caption": [it["caption"] for it in items], "seed": torch.tensor([it["seed"] for it in items])}
+
+
+class RequestLoader(DataLoader):
+    """The request's DataLoader, resumable in the middle of a request.
+
+    Its state (saved in Lightning checkpoints, which look for ``state_dict``/``load_state_dict``
+    on a loader) is the number of batches it has handed out this pass; after
+    ``load_state_dict`` the next pass skips that many, so a resumed request trains on exactly
+    the batches the interrupted one had not reached. Lightning fetches batches one at a time
+    from a loader with a length, so the count is of batches actually trained on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_served = 0
+        self._resume_at = 0
+
+    def __iter__(self):
+        skip, self._resume_at = self._resume_at, 0
+        self.batches_served = 0
+        for batch in super().__iter__():
+            if self.batches_served < skip:  # (caption, seed) pairs: skipping costs nothing
+                self.batches_served += 1
+                continue
+            self.batches_served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_served": self.batches_served}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_at = int(state_dict["batches_served"])
+
+
+class ConceptStreamDataModule(LightningDataModule):
+    """Hands out the unlearning requests in sequence, and the current one's training samples."""
+
+    def __init__(
+        self,
+        requests: list[str | dict] = list(DEFAULT_STYLE_STREAM),
+        styles: list[str] | None = None,
+        objects: list[str] | None = None,
+        templates: PromptTemplates = PromptTemplates(),
+        erase_prompt: Literal["concept", "full"] = "concept",
+        batch_size: int = 8,
+        steps_per_request: int = 100,
+        seed: int = 0,
+        unlearned: list[str] | None = None,
+        already_unlearned: Literal["error", "skip"] = "error",
+    ) -> None:
+        """
+        Args:
+            requests: concepts to unlearn, in order: names, or ``{concept: NAME, kind: style|object}``.
+            styles: the style vocabulary (default: the tiny world's 16 styles).
+            objects: the object vocabulary (default: the tiny world's 12 objects).
+            templates: caption templates (full, style-only, object-only).
+            erase_prompt: ``concept`` trains on the caption naming the concept alone ("a painting
+                in Van Gogh style"); ``full`` on every full caption that contains it.
+            batch_size: samples per training step (per process under DDP).
+            steps_per_request: optimizer steps each request trains for.
+            seed: data seed; request k's samples depend only on (seed, k).
+            unlearned: concepts the starting model has already had erased (e.g. by an earlier
+                run whose weights it loads); a request for one of them is handled by
+                ``already_unlearned``.
+            already_unlearned: ``error`` stops with an error naming such a request; ``skip``
+                drops it from the stream and logs a notice.
+        """
+        super().__init__()
+        # Checked first: a count below 1 would serve a request with nothing unlearned (0 steps)
+        # or fail inside the first fit, after the base evaluation was written.
+        at_least(batch_size, 1, "--data.batch_size")
+        at_least(steps_per_request, 1, "--data.steps_per_request")
+        self.vocabulary = ConceptVocabulary(
+            styles=list(styles) if styles is not None else ConceptVocabulary().styles,
+            objects=list(objects) if objects is not None else ConceptVocabulary().objects,
+            templates=templates,
+        )
+        self.unlearned = list(unlearned or [])
+        self.requests: list[Request]
+        self.requests, skipped = drop_already_unlearned(
+            self.vocabulary.parse(list(requests)), self.unlearned, self.vocabulary, already_unlearned
+        )
+        for request in skipped:
+            rank_zero_info(f"skipping request {request.concept!r}: the model has already unlearned it (already_unlearned=skip)")
+        if erase_prompt not in ("concept", "full"):
+            raise RequestError(f"erase_prompt must be 'concept' or 'full', got {erase_prompt!r}")
+        self.erase_prompt = erase_prompt
+        self.batch_size = batch_size
+        self.steps_per_request = steps_per_request
+        self.seed = seed
+        self.position = 0
+        self.erasing: list[Request] = [self.requests[0]]
+        """Requests the current training erases (set with the position; several under the
+        simultaneous protocol)."""
+        self.train_steps = steps_per_request
+        """Optimizer steps the current request may train (the simultaneous protocol's cap can
+        exceed ``steps_per_request``)."""
+
+    # -- the stream --------------------------------------------------------------------------
+    @property
+    def current_request(self) -> Request:
+        """The request being served."""
+        return self.requests[self.position]
+
+    def set_position(self, index: int, erasing: list[Request] | None = None, train_steps: int | None = None) -> None:
+        """Move to request ``index`` (0-based), training on the captions of ``erasing``
+        (default: that request alone) for at most ``train_steps`` (default: ``steps_per_request``)."""
+        if not 0 <= index < len(self.requests):
+            raise IndexError(f"request index {index} outside the stream of {len(self.requests)}")
+        self.position = index
+        self.erasing = list(erasing) if erasing is not None else [self.requests[index]]
+        self.train_steps = int(train_steps) if train_steps is not None else self.steps_per_request
+
+    def training_captions(self) -> list[str]:
+        """Captions of every concept the current training erases, concept by concept."""
+        return [caption for request in self.erasing for caption in self.erase_captions(request)]
+
+    def served(self) -> list[Request]:
+        """Requests before the current one."""
+        return self.requests[: self.position]
+
+    def erase_captions(self, request: Request) -> list[str]:
+        """Captions the method erases ``request`` with."""
+        templates = self.vocabulary.templates
+        if self.erase_prompt == "concept":
+            return [templates.concept_prompt(request.concept, request.kind)]
+        other = self.vocabulary.objects if request.kind == "style" else self.vocabulary.styles
+        if request.kind == "style":
+            return [templates.caption(request.concept, o) for o in other]
+        return [templates.caption(s, request.concept) for s in other]
+
+    # -- Lightning -----------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        # Every world size trains on one global sequence: global batch s is samples
+        # [s*B*W, (s+1)*B*W), the batch one process with batch B*W trains on; rank r takes every
+        # W-th of them (InOrderShards). The sampler is always ours, also for one process:
+        # Lightning injects a *shuffling* DistributedSampler into any training loader whose
+        # sampler is not a DistributedSampler under a distributed strategy (DDP with one device
+        # included) unless use_distributed_sampler=False, and ours is one, so it is kept.
+        world, rank = self._world_and_rank()
+        dataset = RequestSamples(
+            self.training_captions(),
+            num_samples=self.train_steps * self.batch_size * world,
+            seed=self.seed * 10_007 + self.position,
+        )
+        return RequestLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                             sampler=InOrderShards(dataset, num_replicas=world, rank=rank),
+                             collate_fn=collate_samples)
+
+    def _world_and_rank(self) -> tuple[int, int]:
+        """(processes, this process's global rank) of the attached Trainer; (1, 0) without one."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return max(1, int(trainer.world_size)), int(trainer.global_rank)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "requests": [vars(r) for r in self.requests],
+                "erasing": [vars(r) for r in self.erasing], "train_steps": self.train_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = [Request(**r) for r in state_dict["requests"]]
+        if saved != self.requests:
+            raise RequestError(
+                "the saved stream differs from the configured one: saved "
+                f"{[r.concept for r in saved]}, configured {[r.concept for r in self.requests]}"
+            )
+        erasing = [Request(**r) for r in state_dict["erasing"]] if "erasing" in state_dict else None
+        self.set_position(int(state_dict["position"]), erasing=erasing, train_steps=state_dict.get("train_steps"))

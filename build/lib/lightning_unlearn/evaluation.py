@@ -1,0 +1,295 @@
+"""Evaluation: sample the style x object grid, classify it, and score UA / IRA / CRA.
+
+- UA (unlearning accuracy): 100 - accuracy of the concept's own classifier on the images
+  whose prompt names an erased concept (over all erased so far, and for the latest alone).
+- IRA (in-domain retain accuracy): accuracy of the erased kind's classifier on the images
+  whose prompt names no erased concept (other styles, when styles are erased).
+- CRA (cross-domain retain accuracy): the other kind's classifier on those same images.
+
+The eval set (prompts, noise) is built once per run; the classifier is the tiny world's, or a
+CLIP zero-shot classifier from a local folder for real models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import Metric
+
+from lightning_unlearn.backbone import Backbone, check_clip_folder
+from lightning_unlearn.checks import at_least, did_you_mean, non_negative
+from lightning_unlearn.errors import SettingsError
+from lightning_unlearn.requests import ConceptVocabulary, Request
+from lightning_unlearn.sampling import SAMPLERS, TextCondition, guided_sample
+
+
+@dataclass
+class EvaluationSettings:
+    """How each checkpoint of a stream is evaluated."""
+
+    seeds_per_prompt: int = 1
+    """Images per (style, object) prompt (UnlearnCanvas uses 5)."""
+    steps: int = 20
+    """Sampling steps (UNet calls per image, each on the guided pair)."""
+    sampler: Literal["ddim", "dpm++"] = "ddim"
+    """Solver: ``ddim``, or ``dpm++`` (DPM-Solver++ 2M, deterministic), which reaches DDIM's
+    images in about half the steps."""
+    guidance: float = 4.0
+    """Classifier-free guidance scale."""
+    batch_size: int = 96
+    """Prompts sampled together."""
+    seed: int = 1234
+    """Seed of the evaluation noise (the same for every checkpoint of a run)."""
+    classifier: str | None = None
+    """A local CLIP folder for zero-shot scoring (transformers format, ``model.safetensors``;
+    pickled ``pytorch_model.bin`` folders are refused); unset = the tiny world's classifier."""
+    reuse_base: bool = True
+    """Evaluate the base model once per (base weights, text encoder, these settings, vocabulary,
+    classifier, precision) and reuse the result in every later run (``requests/00-base``)."""
+    cache_dir: str | None = None
+    """Where reused base evaluations are kept; unset = ``.eval_cache`` next to the run folder."""
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise SettingsError(f"--stream.evaluation.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        at_least(self.seeds_per_prompt, 1, "--stream.evaluation.seeds_per_prompt")
+        at_least(self.steps, 1, "--stream.evaluation.steps")
+        at_least(self.batch_size, 1, "--stream.evaluation.batch_size")
+        non_negative(self.guidance, "--stream.evaluation.guidance")
+        if self.classifier:
+            # Refused here, when the settings are read: before the run folder or any file exists.
+            check_clip_folder(self.classifier)
+
+
+class ClipZeroShotClassifier(nn.Module):
+    """CLIP from a local folder, concept names as classes: images -> (style, object) logits."""
+
+    def __init__(self, path: str | Path, vocabulary: ConceptVocabulary) -> None:
+        super().__init__()
+        from transformers import CLIPModel, CLIPTokenizer
+
+        path = check_clip_folder(path)
+        # use_safetensors=True: never fall back to unpickling a pytorch_model.bin.
+        self.model = CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+        self.model.eval().requires_grad_(False)
+        tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)
+        self.image_size = int(self.model.config.vision_config.image_size)
+        self.register_buffer("mean", torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1))
+
+        def text_features(prompts: list[str]) -> torch.Tensor:
+            tokens = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+            with torch.no_grad():
+                feats = self.model.get_text_features(**tokens)
+            feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+            return F.normalize(feats, dim=-1)
+
+        self.register_buffer("style_text", text_features([f"an image in {s} style" for s in vocabulary.styles]))
+        self.register_buffer("object_text", text_features([f"an image of a {o}" for o in vocabulary.objects]))
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.interpolate((images + 1) / 2, size=self.image_size, mode="bicubic", align_corners=False)
+        feats = self.model.get_image_features(pixel_values=(x - self.mean) / self.std)
+        feats = F.normalize(feats if isinstance(feats, torch.Tensor) else feats.pooler_output, dim=-1)
+        scale = self.model.logit_scale.exp()
+        return scale * feats @ self.style_text.T, scale * feats @ self.object_text.T
+
+
+def check_classifier_knows(vocabulary: ConceptVocabulary, all_styles: list[str], all_objects: list[str]) -> None:
+    """A :class:`SettingsError` naming the first vocabulary concept the classifier cannot score
+    (``--data.styles`` / ``--data.objects``), with a suggestion for a near-miss."""
+    for option, names, known in (("--data.styles", vocabulary.styles, all_styles),
+                                 ("--data.objects", vocabulary.objects, all_objects)):
+        for name in names:
+            if name not in known:
+                raise SettingsError(
+                    f"{option} names {name!r}{did_you_mean(name, known)}, which the classifier does not know; "
+                    f"it knows {known}"
+                )
+
+
+class VocabularySubset(nn.Module):
+    """A classifier restricted to the vocabulary's concepts, by name (columns of its logits).
+
+    Lets a stream on the tiny world use a subset of its styles and objects while scoring with
+    the classifier trained on all of them.
+    """
+
+    def __init__(self, classifier: nn.Module, all_styles: list[str], all_objects: list[str], vocabulary: ConceptVocabulary) -> None:
+        super().__init__()
+        check_classifier_knows(vocabulary, all_styles, all_objects)
+        self.classifier = classifier
+        self.register_buffer("style_cols", torch.tensor([all_styles.index(c) for c in vocabulary.styles]))
+        self.register_buffer("object_cols", torch.tensor([all_objects.index(c) for c in vocabulary.objects]))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        style_logits, object_logits = self.classifier(images)
+        return style_logits[:, self.style_cols], object_logits[:, self.object_cols]
+
+
+class UnlearningScores(Metric):
+    """Per-(style, object) hit counts of both classifiers; UA / IRA / CRA derive from them.
+
+    Counts add up across processes (``dist_reduce_fx="sum"``), so DDP evaluation is exact.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_styles: int, num_objects: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        shape = (num_styles, num_objects)
+        self.add_state("style_hits", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("object_hits", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, style_pred: torch.Tensor, object_pred: torch.Tensor, style: torch.Tensor, obj: torch.Tensor) -> None:
+        flat = style * self.count.shape[1] + obj
+        n = self.count.numel()
+        self.count += torch.bincount(flat, minlength=n).view_as(self.count)
+        self.style_hits += torch.bincount(flat, weights=(style_pred == style).long(), minlength=n).long().view_as(self.count)
+        self.object_hits += torch.bincount(flat, weights=(object_pred == obj).long(), minlength=n).long().view_as(self.count)
+
+    def compute(self) -> dict[str, torch.Tensor]:  # the raw matrices; see :func:`score`
+        return {"style_hits": self.style_hits, "object_hits": self.object_hits, "count": self.count}
+
+
+def _pct(hits: torch.Tensor, count: torch.Tensor, mask: torch.Tensor) -> float:
+    n = int(count[mask].sum())
+    return float("nan") if n == 0 else 100.0 * float(hits[mask].sum()) / n
+
+
+def score(
+    counts: dict[str, torch.Tensor], vocabulary: ConceptVocabulary, erased: list[Request], domains: set[str]
+) -> dict[str, float | dict[str, float]]:
+    """UA (all erased, latest), IRA, CRA and per-concept accuracies from hit counts.
+
+    ``domains`` are the kinds the stream unlearns: IRA uses their classifiers, CRA the others'.
+    Before any request (``erased`` empty) UA is NaN and IRA/CRA are the base model's accuracy.
+    """
+    sh, oh, n = counts["style_hits"].cpu(), counts["object_hits"].cpu(), counts["count"].cpu()
+    s_idx = {c: i for i, c in enumerate(vocabulary.styles)}
+    o_idx = {c: i for i, c in enumerate(vocabulary.objects)}
+    erased_s = torch.zeros(n.shape[0], dtype=torch.bool)
+    erased_o = torch.zeros(n.shape[1], dtype=torch.bool)
+    for r in erased:
+        if r.kind == "style":
+            erased_s[s_idx[r.concept]] = True
+        else:
+            erased_o[o_idx[r.concept]] = True
+    retained = ~erased_s[:, None] & ~erased_o[None, :]
+
+    def concept_mask(r: Request) -> torch.Tensor:
+        m = torch.zeros_like(retained)
+        if r.kind == "style":
+            m[s_idx[r.concept], :] = True
+        else:
+            m[:, o_idx[r.concept]] = True
+        return m
+
+    def ua(requests: list[Request]) -> float:
+        hits = sum(float((sh if r.kind == "style" else oh)[concept_mask(r)].sum()) for r in requests)
+        total = sum(float(n[concept_mask(r)].sum()) for r in requests)
+        return float("nan") if total == 0 else 100.0 - 100.0 * hits / total
+
+    def acc(kinds: set[str]) -> float:
+        values = [_pct(sh if k == "style" else oh, n, retained) for k in sorted(kinds)]
+        return float("nan") if not values else float(np.mean(values))
+
+    all_mask = torch.ones_like(retained)
+    return {
+        "UA": ua(erased),
+        "UA_latest": ua(erased[-1:]),
+        "IRA": acc(set(domains)),
+        "CRA": acc({"style", "object"} - set(domains)),
+        "style_acc": _pct(sh, n, all_mask),
+        "object_acc": _pct(oh, n, all_mask),
+        "per_style": {c: _pct(sh[i], n[i], torch.ones(n.shape[1], dtype=torch.bool)) for c, i in s_idx.items()},
+        "per_object": {c: _pct(oh[:, j], n[:, j], torch.ones(n.shape[0], dtype=torch.bool)) for c, j in o_idx.items()},
+    }
+
+
+class Evaluator:
+    """Samples the fixed evaluation grid with a UNet and scores it."""
+
+    def __init__(
+        self, backbone: Backbone, classifier: nn.Module, vocabulary: ConceptVocabulary, settings: EvaluationSettings
+    ) -> None:
+        self.backbone, self.classifier, self.vocabulary, self.settings = backbone, classifier, vocabulary, settings
+        ns, no, k = len(vocabulary.styles), len(vocabulary.objects), settings.seeds_per_prompt
+        # Item order: seed-major, then style, then object, so the first ns*no items are one full grid.
+        self.style_idx = torch.arange(ns).repeat_interleave(no).repeat(k)
+        self.object_idx = torch.arange(no).repeat(ns).repeat(k)
+        self.captions = [
+            vocabulary.templates.caption(vocabulary.styles[s], vocabulary.objects[o])
+            for s, o in zip(self.style_idx.tolist(), self.object_idx.tolist())
+        ]
+        gen = torch.Generator().manual_seed(settings.seed)
+        self.noise = torch.randn((len(self.captions), *backbone.latent_shape), generator=gen)
+
+    def items_naming(self, requests: list[Request], seeds: int | None = None) -> torch.Tensor:
+        """Indices of the evaluation items whose prompt names one of ``requests`` (first ``seeds`` seeds)."""
+        s_idx = {c: i for i, c in enumerate(self.vocabulary.styles)}
+        o_idx = {c: i for i, c in enumerate(self.vocabulary.objects)}
+        styles = torch.tensor([s_idx[r.concept] for r in requests if r.kind == "style"], dtype=torch.long)
+        objects = torch.tensor([o_idx[r.concept] for r in requests if r.kind == "object"], dtype=torch.long)
+        hit = torch.isin(self.style_idx, styles) | torch.isin(self.object_idx, objects)
+        per_seed = len(self.vocabulary.styles) * len(self.vocabulary.objects)
+        if seeds is not None:
+            hit &= torch.arange(len(self.captions)) < seeds * per_seed
+        return hit.nonzero().flatten()
+
+    @torch.no_grad()
+    def sample(self, unet: nn.Module, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [-1, 1] for the evaluation set, or only its ``items`` (CPU tensor)."""
+        device = self.backbone.device
+        uncond = TextCondition.from_captions(self.backbone, [""])
+        was_training = unet.training
+        unet.eval()
+        order = torch.arange(len(self.captions)) if items is None else items
+        out = []
+        for start in range(0, len(order), self.settings.batch_size):
+            chunk = order[start : start + self.settings.batch_size]
+            cond = TextCondition.from_captions(self.backbone, [self.captions[i] for i in chunk.tolist()])
+            latents = guided_sample(
+                self.backbone, unet, self.noise[chunk].to(device), cond, uncond,
+                self.settings.steps, self.settings.guidance, self.settings.sampler,
+            )
+            out.append(self.backbone.latents_to_images(latents).clamp(-1, 1).float().cpu())
+        unet.train(was_training)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted style and object index of every image."""
+        device = next(self.classifier.parameters()).device
+        preds_s, preds_o = [], []
+        for start in range(0, len(images), 256):
+            s_logits, o_logits = self.classifier(images[start : start + 256].to(device))
+            preds_s.append(s_logits.argmax(1).cpu())
+            preds_o.append(o_logits.argmax(1).cpu())
+        return torch.cat(preds_s), torch.cat(preds_o)
+
+    def counts(self, images: torch.Tensor, items: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Hit counts of the classifiers on ``images`` (in eval-set order, or of ``items``)."""
+        # The stream evaluates on rank 0 alone: syncing on compute would wait for the other
+        # ranks' all_gather forever (they wait at the stream's barrier).
+        metric = UnlearningScores(len(self.vocabulary.styles), len(self.vocabulary.objects), sync_on_compute=False)
+        style_pred, object_pred = self.classify(images)
+        order = torch.arange(len(self.captions)) if items is None else items
+        metric.update(style_pred, object_pred, self.style_idx[order], self.object_idx[order])
+        return metric.compute()
+
+    def grid(self, images: torch.Tensor, scale: int = 2) -> np.ndarray:
+        """uint8 [H, W, 3] picture of the first seed: rows are styles, columns objects."""
+        ns, no = len(self.vocabulary.styles), len(self.vocabulary.objects)
+        first = ((images[: ns * no] + 1) * 127.5).round().clamp(0, 255).byte()
+        c, h, w = first.shape[1:]
+        tiles = first.view(ns, no, c, h, w).permute(0, 3, 1, 4, 2).reshape(ns * h, no * w, c).numpy()
+        return np.kron(tiles, np.ones((scale, scale, 1), dtype=np.uint8)) if scale > 1 else tiles

@@ -1,0 +1,327 @@
+"""The report's sections, built from run records into document blocks (no HTML, no Markdown).
+
+Sections, in reading order: the runs (protocol, method, callbacks, headline numbers); UA / IRA /
+CRA over requests; request x concept accuracy; training cost; parameter drift; semantic
+similarity vs forgetting; image grids of the same prompts and seeds before and after each
+request; the numbers per request. A section whose inputs no run folder has (older runs have no
+``run.json``, ``drift.json`` or ``semantic.json``) says so in one :class:`Note` instead.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_unlearn.report import figures as figs
+from lightning_unlearn.report.document import (
+    Figure, Gallery, Note, Paragraph, Section, Table, as_float, fmt, fmt_norm, slug,
+)
+from lightning_unlearn.report.runs import HEADLINE_METRICS, METRIC_NAMES, RequestRecord, RunRecord
+
+GRID_MAX_SIDE = 512
+"""Longest side of an image grid in the report (the tiny world's 2x grids come back to 32 px tiles)."""
+FULL_SIZE_GRIDS = 14
+"""Up to this many grids in one report keep GRID_MAX_SIDE; more are downscaled to the same total area."""
+MAX_GRIDS = 4 * FULL_SIZE_GRIDS
+"""Beyond this many grids in one report (a large study), each run shows the base, the last request
+and evenly spaced ones between (at half size, this many cost what FULL_SIZE_GRIDS full ones do)."""
+MAX_LAYER_BARS = 64
+"""The layer-drift chart keeps the layers that drifted most from the base, at most this many."""
+
+
+
+RESULT_HEADERS = (
+    ("request", "request", 0), ("concept", "concept", 0), ("kind", "kind", 0),
+    # Every metric, its header the name with spaces ("UA latest", "style acc"), one decimal.
+    *((metric, metric.replace("_", " "), 1) for metric in METRIC_NAMES),
+    ("train_steps", "steps", 0), ("cumulative_steps", "cumulative steps", 0),
+    ("train_seconds", "train s", 1), ("eval_seconds", "eval s", 1),
+)
+"""(results.json key, column header, decimals) of the per-request tables."""
+
+
+def callback_name(entry: Any) -> str:
+    """A callback as run.json lists it, without settings that only repeat its class name."""
+    # The one place that parses a label back out of a string: run.json records each callback as
+    # free text (``stream.callback_label``), and a class listed with only its own name as setting,
+    # ``DriftRecorder{'name': 'DriftRecorder'}``, reads better as ``DriftRecorder``. Anything else
+    # is shown as written. This goes once the run folder records callbacks as structured entries.
+    text = str(entry)
+    match = re.fullmatch(r"(\w+)\{'name': '(\w+)'\}", text)
+    return match.group(1) if match and match.group(1) == match.group(2) else text
+
+
+def runs_section(runs: list[RunRecord]) -> Section:
+    """One row per run: where it is, how it was run, and its headline metrics after the last request."""
+    section = Section("Runs")
+    rows = []
+    for run in runs:
+        info = run.info or {}
+        last = run.results[-1]
+        merge = info.get("merge")
+        seconds = sum(as_float(r.get("train_seconds")) + as_float(r.get("eval_seconds")) for r in run.results)
+        rows.append([
+            run.name, str(run.path), info.get("protocol", "-"),
+            (merge.get("method", "-") if isinstance(merge, dict) else fmt(merge)) if "merge" in info else "-",
+            info.get("method", "-") + (f" ({info['trainable']})" if info.get("trainable") else ""),
+            ", ".join(callback_name(c) for c in info.get("callbacks") or []) or ("none" if "callbacks" in info else "-"),
+            info.get("domain") or ", ".join(sorted({r.kind for r in run.requests if r.kind})) or "-",
+            str(len(run.results) - 1), *(fmt(as_float(last.get(metric))) for metric in HEADLINE_METRICS),
+            fmt(last.get("cumulative_steps")),
+            "-" if math.isnan(seconds) else f"{seconds / 60:.1f}",
+        ])
+    section.blocks.append(Table(
+        "Runs and their headline numbers (after the last request)",
+        ["run", "folder", "protocol", "merge", "method", "callbacks", "domain", "requests",
+         *(f"final {metric}" for metric in HEADLINE_METRICS), "cumulative steps", "total minutes"],
+        rows,
+    ))
+    for run in runs:
+        if run.info is None:
+            section.blocks.append(Note(f"{run.name}: no run.json, so protocol, method and callbacks are not recorded (an older run folder)."))
+    return section
+
+
+def curves_section(runs: list[RunRecord]) -> Section:
+    """The headline metrics over requests, every run overlaid in one panel per metric."""
+    section = Section("Unlearning and retention over requests")
+    panels = {
+        metric: [figs.Series(run.name, [int(r["request"]) for r in run.results], [as_float(r.get(metric)) for r in run.results])
+                 for run in runs]
+        for metric in HEADLINE_METRICS
+    }
+    section.blocks.append(Paragraph(
+        "UA: forgetting of every concept erased so far (higher is better). IRA: accuracy on the retained "
+        "concepts of the erased kind. CRA: the other kind's accuracy on those images."
+    ))
+    section.blocks.append(Figure("curves.png", figs.metric_curves(panels), "UA, IRA and CRA after each request (request 0 = base)"))
+    return section
+
+
+def heatmap_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
+    """Per run, request x concept accuracy from metrics.json, erased cells marked."""
+    section = Section("Accuracy per concept")
+    for run in runs:
+        measured = [r for r in run.requests if r.metrics and ("per_style" in r.metrics or "per_object" in r.metrics)]
+        if not measured:
+            section.blocks.append(Note(f"{run.name}: no metrics.json with per-concept accuracies."))
+            continue
+        styles, objects = run.vocabulary()
+        columns = [(s, "style") for s in styles] + [(o, "object") for o in objects]
+        values = np.full((len(measured), len(columns)), np.nan)
+        erased = np.zeros(values.shape, dtype=bool)
+        for i, request in enumerate(measured):
+            gone = set(run.erased_after(request.index))
+            for j, (concept, kind) in enumerate(columns):
+                values[i, j] = as_float(request.metrics.get(f"per_{kind}", {}).get(concept))
+                erased[i, j] = (concept, kind) in gone
+        labels = [f"{r.index} {r.concept}" for r in measured]
+        section.blocks.append(Figure(
+            f"{slugs[run.name]}-heatmap.png",
+            figs.accuracy_heatmap(labels, columns, values, erased, run.name),
+            f"{run.name}: classifier accuracy per style and per object after each request",
+        ))
+    return section
+
+
+def cost_section(runs: list[RunRecord]) -> Section:
+    """Optimizer steps, cumulative and per request (the base, request 0, trains none)."""
+    section = Section("Training cost")
+    cumulative = [figs.Series(run.name, [int(r["request"]) for r in run.results],
+                              [as_float(r.get("cumulative_steps")) for r in run.results]) for run in runs]
+    per_request = [figs.Series(run.name, [int(r["request"]) for r in run.results[1:]],
+                               [as_float(r.get("train_steps")) for r in run.results[1:]]) for run in runs]
+    section.blocks.append(Figure("cost.png", figs.cost_curves(cumulative, per_request),
+                                 "Optimizer steps: cumulative over the stream, and per request"))
+    return section
+
+
+def _kv_layers(layers: dict[str, float]) -> dict[str, float]:
+    """The cross-attention K / V matrices among ``layers`` (where erasure acts); all of them if none is."""
+    kv = {k: v for k, v in layers.items() if re.search(r"to_[kv]\b|to_[kv]\.", k)}
+    return kv or layers
+
+
+def drift_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
+    """Weight drift from the base and from the previous request, and per layer after the last request."""
+    section = Section("Parameter drift")
+    with_drift = [run for run in runs if any(r.drift for r in run.requests)]
+    if not with_drift:
+        section.blocks.append(Note("No run has drift.json (add lightning_unlearn.callbacks.drift.DriftRecorder to the stream's callbacks)."))
+        return section
+    to_base, to_previous, rows = [], [], []
+    for run in with_drift:
+        records = [r for r in run.requests if r.drift]
+        to_base.append(figs.Series(run.name, [r.index for r in records],
+                                   [as_float(r.drift.get("to_base", {}).get("total")) for r in records]))
+        to_previous.append(figs.Series(run.name, [r.index for r in records],
+                                       [as_float(r.drift.get("to_previous", {}).get("total")) for r in records]))
+        rows += [[run.name, str(r.index), r.concept, fmt_norm(r.drift.get("to_base", {}).get("total")),
+                  fmt_norm(r.drift.get("to_previous", {}).get("total"))] for r in records]
+    section.blocks.append(Figure("drift.png", figs.drift_curves(to_base, to_previous),
+                                 "L2 norm of the trainable weights' change after each request"))
+    for run in with_drift:
+        last = [r for r in run.requests if r.drift][-1]
+        base_layers = _kv_layers(last.drift.get("to_base", {}).get("layers", {}))
+        prev_layers = last.drift.get("to_previous", {}).get("layers", {})
+        if not base_layers:
+            section.blocks.append(Note(f"{run.name}: drift.json of request {last.index} has no per-layer norms."))
+            continue
+        keep = sorted(base_layers, key=lambda k: -as_float(base_layers[k]))[:MAX_LAYER_BARS]
+        layers = {k: (as_float(base_layers[k]), as_float(prev_layers.get(k))) for k in base_layers if k in keep}
+        section.blocks.append(Figure(
+            f"{slugs[run.name]}-layer-drift.png",
+            figs.layer_drift(layers, f"{run.name}: per-layer drift after request {last.index} ({last.concept})"),
+            f"{run.name}: per-layer (cross-attention K / V) drift after the last request",
+        ))
+    for run in runs:
+        if run not in with_drift:
+            section.blocks.append(Note(f"{run.name}: no drift.json."))
+    section.blocks.append(Table("Drift per request", ["run", "request", "concept", "||theta - base||", "||theta - previous||"], rows))
+    return section
+
+
+def semantic_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
+    """Accuracy drop and K / V change of retained concepts against their similarity to each target."""
+    section = Section("Semantic similarity and forgetting")
+    with_semantic = [run for run in runs if any(r.semantic for r in run.requests)]
+    if not with_semantic:
+        section.blocks.append(Note("No run has semantic.json (the semantic analysis was not run)."))
+        return section
+    section.blocks.append(Paragraph(
+        "For every retained concept after each request: the cosine similarity of its text embedding to the "
+        "request's target, its accuracy drop, and the relative change of the cross-attention K and V outputs for "
+        "its prompt. Correlations are over the retained concepts of the target's kind; pooled: over all requests "
+        "of a run. K/V: the mean of the K and V changes."
+    ))
+    rows = []
+    for run in with_semantic:
+        points: dict[str, list] = {k: [] for k in ("similarity", "drop", "k_change", "v_change", "request", "in_domain")}
+        kinds = set()
+        for request in run.requests:
+            if not request.semantic:
+                continue
+            kind = str(request.semantic.get("kind") or request.kind)
+            kinds.add(kind)
+            concepts = request.semantic.get("concepts") or []
+            for concept in concepts:
+                for key in ("similarity", "drop", "k_change", "v_change"):
+                    points[key].append(as_float(concept.get(key)))
+                points["request"].append(request.index)
+                points["in_domain"].append(concept.get("kind") == kind)
+            rows.append([run.name, str(request.index), str(request.semantic.get("target", request.concept)),
+                         str(sum(c.get("kind") == kind for c in concepts)),
+                         fmt_norm(request.semantic.get("pearson_similarity_drop")),
+                         fmt_norm(request.semantic.get("pearson_similarity_kv"))])
+        mask = np.asarray(points["in_domain"], dtype=bool)
+        sim = np.asarray(points["similarity"], dtype=float)[mask]
+        pooled_drop = figs.pearson(sim, np.asarray(points["drop"], dtype=float)[mask])
+        kv = (np.asarray(points["k_change"], dtype=float) + np.asarray(points["v_change"], dtype=float))[mask] / 2
+        rows.append([run.name, "pooled", "all", str(int(mask.sum())), fmt_norm(pooled_drop), fmt_norm(figs.pearson(sim, kv))])
+        domain = " / ".join(f"retained {k}s" for k in sorted(kinds))
+        section.blocks.append(Figure(
+            f"{slugs[run.name]}-semantic.png",
+            figs.semantic_scatter(points["similarity"], points["drop"], points["k_change"], points["v_change"],
+                                  points["request"], points["in_domain"], domain, run.name),
+            f"{run.name}: accuracy drop and K/V change vs similarity to the target, pooled over requests "
+            f"(Pearson r = {fmt_norm(pooled_drop)})",
+        ))
+    for run in runs:
+        if run not in with_semantic:
+            section.blocks.append(Note(f"{run.name}: no semantic.json."))
+    section.blocks.append(Table(
+        "Pearson correlations per request, over the retained concepts of the target's kind",
+        ["run", "request", "target", "concepts", "r(similarity, drop)", "r(similarity, K/V change)"], rows,
+    ))
+    return section
+
+
+def grid_max_side(count: int) -> int:
+    """Longest side per grid so that ``count`` grids cost about as much as ``FULL_SIZE_GRIDS`` full
+    ones, but never under half of GRID_MAX_SIDE (smaller tiles stop showing what was sampled)."""
+    if count <= FULL_SIZE_GRIDS:
+        return GRID_MAX_SIDE
+    return max(GRID_MAX_SIDE // 2, int(GRID_MAX_SIDE * math.sqrt(FULL_SIZE_GRIDS / count)))
+
+
+def thin_out(requests: list[RequestRecord], keep: int) -> list[RequestRecord]:
+    """At most ``keep`` of ``requests``, always the first (the base) and the last, evenly spaced."""
+    if len(requests) <= keep:
+        return requests
+    positions = np.linspace(0, len(requests) - 1, keep).round().astype(int)
+    return [requests[i] for i in sorted(set(positions.tolist()))]
+
+
+def _load_grid(path: Path, max_side: int) -> np.ndarray:
+    """A grid.png as RGB pixels, at most ``max_side`` a side."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return figs.shrink(np.asarray(image.convert("RGB")), max_side)
+
+
+def grids_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
+    """Per run, a gallery of its evaluation grids: the base beside each (or a thinned set of) request."""
+    section = Section("Image grids")
+    section.blocks.append(Paragraph(
+        "The same prompts and seeds (rows: styles, columns: objects; first seed) from the base model and after "
+        "each request; concepts erased at that point are outlined and labelled in red."
+    ))
+    per_run = max(3, MAX_GRIDS // max(1, len(runs)))
+    chosen = {run.name: thin_out([r for r in run.requests if r.grid], per_run) for run in runs}
+    count = sum(len(c) for c in chosen.values())
+    max_side = grid_max_side(count)
+    for run in runs:
+        with_grid = chosen[run.name]
+        if not with_grid:
+            section.blocks.append(Note(f"{run.name}: no grid.png."))
+            continue
+        left_out = [r.index for r in run.requests if r.grid and r not in with_grid]
+        if left_out:
+            section.blocks.append(Note(f"{run.name}: grids of requests {left_out} left out to keep the page light "
+                                       "(they are in the run folder)."))
+        styles, objects = run.vocabulary()
+        gallery = Gallery(f"{run.name}: base model (left) and after each request (right)")
+        for request in with_grid:
+            gone = run.erased_after(request.index)
+            title = "base model" if request.index == 0 else f"after request {request.index}: {request.concept}"
+            gallery.figures.append(Figure(
+                f"{slugs[run.name]}-grid-{request.index:02d}.png",
+                figs.grid_figure(_load_grid(request.grid, max_side), styles, objects,
+                                 {c for c, k in gone if k == "style"}, {c for c, k in gone if k == "object"}, title),
+                f"{run.name}: {title}",
+            ))
+        section.blocks.append(gallery)
+        if with_grid[0].index != 0:
+            section.blocks.append(Note(f"{run.name}: no base grid (requests/00-base/grid.png)."))
+    if max_side < GRID_MAX_SIDE:
+        section.blocks.append(Note(f"{count} grids in this report: each downscaled to at most {max_side} px a side to keep the page light."))
+    return section
+
+
+def results_section(runs: list[RunRecord]) -> Section:
+    """Per run, results.json as a table (RESULT_HEADERS)."""
+    section = Section("Results per request")
+    for run in runs:
+        rows = [[fmt(row.get(key), digits) for key, _, digits in RESULT_HEADERS] for row in run.results]
+        section.blocks.append(Table(f"{run.name} ({run.path})", [h for _, h, _ in RESULT_HEADERS], rows))
+    return section
+
+
+def build_sections(runs: list[RunRecord]) -> list[Section]:
+    """Every section of the report, in reading order."""
+    slugs: dict[str, str] = {}
+    for run in runs:
+        base = slug(run.name)
+        candidate, n = base, 2
+        while candidate in slugs.values():
+            candidate, n = f"{base}-{n}", n + 1
+        slugs[run.name] = candidate
+    return [
+        runs_section(runs), curves_section(runs), heatmap_section(runs, slugs), cost_section(runs),
+        drift_section(runs, slugs), semantic_section(runs, slugs), grids_section(runs, slugs), results_section(runs),
+    ]

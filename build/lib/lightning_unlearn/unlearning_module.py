@@ -1,0 +1,280 @@
+"""UnlearningModule: the LightningModule that wraps the UNet and the unlearning loss.
+
+Per request (``begin_request``, given the protocol's :class:`RequestPlan`) it freezes a
+reference copy of the UNet as it stands, selects the trainable set, builds the request's
+:class:`MethodContext` and lets the method prepare its data; ``training_step`` is the method's
+loss. Regularizer callbacks see only parameters, gradients and the request
+(``current_request``, ``erasing``, ``already_erased``: read from the plan).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+
+from lightning_unlearn.backbone import Backbone, DiffusersBackbone, TinyWorldBackbone
+from lightning_unlearn.checks import positive
+from lightning_unlearn.errors import SettingsError
+from lightning_unlearn.methods import ESD, MethodContext, UnlearningMethod
+from lightning_unlearn.protocols import RequestPlan
+from lightning_unlearn.requests import ConceptVocabulary, Request
+from lightning_unlearn.trainable import apply_trainable
+from lightning_unlearn.unet_weights import UnetWeightsError, load_unet_weights
+
+REFERENCE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+}
+"""``--model.reference_dtype`` choices: the dtype the frozen reference UNet is held in."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The unlearning loss became NaN or infinite; the request is stopped."""
+
+
+class UnlearningModule(LightningModule):
+    """Wraps a backbone (tiny world or Stable Diffusion) and an unlearning method."""
+
+    def __init__(
+        self,
+        method: UnlearningMethod | None = None,
+        pretrained: str | None = None,
+        unet_weights: str | None = None,
+        trainable: str = "esd-x",
+        optimizer: OptimizerCallable | None = None,
+        lr: float = 1e-5,
+        seed: int = 0,
+        reference_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        """
+        Args:
+            method: the unlearning loss (default: ``ESD()``).
+            pretrained: a diffusers-format Stable Diffusion 1.x / 2.x folder (``model_index.json``
+                ``_class_name`` StableDiffusionPipeline; SDXL, SD3, Flux, PixArt, Sana and other
+                families are refused) with safetensors weights (pickled ``.bin`` folders are
+                refused, never unpickled); unset = the tiny world.
+            unet_weights: UNet weights to start from instead of the backbone's (either world): a
+                diffusers UNet folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) or
+                a safetensors state dict, full or only some keys (e.g. trained cross-attention).
+                Pickled ``.bin``/``.ckpt`` files are refused, never unpickled.
+            trainable: weights a request may change: ``esd-x`` (cross-attention), ``kv-xattn``
+                (cross-attention keys and values), ``esd-u`` (all but cross-attention), ``full``.
+            optimizer: optimizer factory (``--model.optimizer=torch.optim.AdamW --model.optimizer.lr=...``;
+                bitsandbytes.optim.AdamW8bit works the same way);
+                unset = ``AdamW(lr=lr, weight_decay=0)``.
+            lr: learning rate of the default optimizer.
+            seed: seed of per-request randomness the method draws (banks, noise).
+            reference_dtype: dtype of the frozen reference UNet copy (``bfloat16`` halves its
+                memory; the trainable UNet keeps its own dtype, inputs are cast at the call).
+            gradient_checkpointing: recompute the UNet's block activations in backward instead of
+                keeping them (diffusers' ``enable_gradient_checkpointing``): less memory, about
+                a third more compute per step. Attention is torch SDPA either way (no xformers).
+        """
+        super().__init__()
+        # Checked before the backbone loads: a bad value must not cost a model load.
+        positive(lr, "--model.lr")
+        if reference_dtype not in REFERENCE_DTYPES:
+            raise SettingsError(f"--model.reference_dtype must be one of {sorted(REFERENCE_DTYPES)}, got {reference_dtype!r}")
+        self.save_hyperparameters(ignore=["method", "optimizer"])
+        self.method = method if method is not None else ESD()
+        self.optimizer_factory = optimizer
+        self.backbone: Backbone = DiffusersBackbone(pretrained) if pretrained else TinyWorldBackbone()
+        if unet_weights:
+            load_unet_weights(self.unet, unet_weights)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.trainable = trainable
+        self.trainable_keys = apply_trainable(self.unet, trainable)
+        self.clear_request()
+        # The pretrained values of the trainable keys: the "base" that anchors, merging and
+        # drift compare against, whatever the stream has done since.
+        self.__dict__["_base_state"] = {k: v.detach().clone().cpu() for k, v in self.trainable_state().items()}
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        """The UNet being unlearned."""
+        return self.backbone.unet
+
+    @property
+    def reference_unet(self) -> torch.nn.Module:
+        """Frozen copy of the UNet as it stood when the current request started."""
+        return self.__dict__["_reference_unet"]
+
+    @property
+    def plan(self) -> RequestPlan | None:
+        """The plan of the request being served (``None`` before ``begin_request``)."""
+        return self.__dict__["_plan"]
+
+    @property
+    def current_request(self) -> Request | None:
+        """The request being served (``None`` before ``begin_request``)."""
+        plan = self.plan
+        return None if plan is None else plan.request
+
+    @property
+    def erasing(self) -> tuple[Request, ...]:
+        """Concepts the current training erases: the current request alone, or (the
+        simultaneous protocol) every request up to it. ``current_request`` is the last."""
+        plan = self.plan
+        return () if plan is None else plan.erasing
+
+    @property
+    def already_erased(self) -> tuple[Request, ...]:
+        """Concepts erased in the weights the current request started from (sequential: the
+        requests before it; protocols that restart from the base: none)."""
+        plan = self.plan
+        return () if plan is None else plan.already_erased
+
+    @property
+    def request_index(self) -> int:
+        """Position of the current request in its stream (-1 before ``begin_request``)."""
+        plan = self.plan
+        return -1 if plan is None else plan.index
+
+    @property
+    def method_context(self) -> MethodContext:
+        """What the method sees of the current request (built by ``begin_request``)."""
+        context = self.__dict__["_method_context"]
+        if context is None:
+            raise RuntimeError("no request is being served: call begin_request first")
+        return context
+
+    @property
+    def request_seed(self) -> int:
+        """Seed of the current request's randomness."""
+        return self.hparams.seed * 10_007 + self.request_index
+
+    def frozen_reference_copy(self) -> torch.nn.Module:
+        """A frozen copy of the UNet as it stands, in ``reference_dtype``, on the UNet's device."""
+        reference = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        # The reference only runs forward passes under no_grad: checkpointing would buy nothing.
+        if getattr(reference, "is_gradient_checkpointing", False):
+            reference.disable_gradient_checkpointing()
+        # nn.Module.to: diffusers' own .to warns on every dtype cast, though a UNet2DConditionModel
+        # has no modules it keeps in float32.
+        return torch.nn.Module.to(reference, REFERENCE_DTYPES[self.hparams.get("reference_dtype", "float32")])
+
+    def frozen_base_copy(self) -> torch.nn.Module:
+        """A frozen copy of the *base* UNet (pretrained values of the trainable keys, whatever the
+        stream has trained since), in ``reference_dtype``, on the UNet's device."""
+        base = self.frozen_reference_copy()
+        params = dict(base.named_parameters())
+        with torch.no_grad():
+            for name, value in self.base_state().items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+        return base
+
+    def base_state(self) -> dict[str, torch.Tensor]:
+        """Pretrained values of the trainable keys (CPU tensors, never trained)."""
+        return self.__dict__["_base_state"]
+
+    def begin_request(
+        self,
+        plan: RequestPlan,
+        captions: list[str],
+        vocabulary: ConceptVocabulary | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        """Start serving ``plan.request``: freeze the reference, build the method's context,
+        prepare the method.
+
+        Args:
+            plan: what the request trains (``lightning_unlearn.protocols.plan_request``); kept
+                as given: ``current_request``, ``erasing``, ``already_erased`` and
+                ``request_index`` read it.
+            captions: the training captions (of the concepts ``plan.erasing`` names).
+            vocabulary: the stream's concepts, for methods that caption over them (Concept
+                Ablation); unset = the tiny world's.
+            cache_dir: where the method may cache data across requests and runs (the stream
+                passes ``<run_dir>/anchors``); unset = in memory only.
+        """
+        if not plan.erasing or plan.erasing[-1] != plan.request:
+            raise ValueError(f"the request being served ({plan.request.concept!r}) must be the last concept erased")
+        self.__dict__["_plan"] = plan
+        self.request_captions = list(captions)
+        reference = self.frozen_reference_copy()
+        # Kept outside the module tree: not trained, not checkpointed, not moved twice.
+        self.__dict__["_reference_unet"] = reference
+        self.trainable_keys = apply_trainable(self.unet, self.trainable)
+        context = MethodContext(
+            unet=self.unet,
+            reference_unet=reference,
+            backbone=self.backbone,
+            erasing=plan.erasing,
+            already_erased=plan.already_erased,
+            captions=tuple(self.request_captions),
+            seed=self.request_seed,
+            run_seed=int(self.hparams.seed),
+            reference_dtype=self.hparams.get("reference_dtype", "float32"),
+            vocabulary=vocabulary if vocabulary is not None else ConceptVocabulary(),
+            cache_dir=None if cache_dir is None else Path(cache_dir),
+            base_state=MappingProxyType(self.base_state()),  # a live, read-only view
+            base_unet=self.frozen_base_copy,
+        )
+        self.__dict__["_method_context"] = context
+        self.method.prepare_request(context)
+
+    def clear_request(self) -> None:
+        """Forget the request being served (plan, captions, reference copy, method context): the
+        state of a module that has served none."""
+        self.__dict__["_plan"] = None
+        self.__dict__["_method_context"] = None
+        self.__dict__.pop("_reference_unet", None)
+        self.request_captions: list[str] = []
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trainable keys' current values (what a request's checkpoint holds)."""
+        params = dict(self.unet.named_parameters())
+        return {k: params[k].detach() for k in self.trainable_keys}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str | Path = "checkpoint") -> None:
+        """Load trainable keys saved by :meth:`trainable_state`; a named error on a mismatch."""
+        params = dict(self.unet.named_parameters())
+        unknown = [k for k in state if k not in params]
+        if unknown:
+            raise UnetWeightsError(f"{source} does not fit this model: it has keys this UNet lacks, e.g. {unknown[:3]}")
+        for k, v in state.items():
+            if params[k].shape != v.shape:
+                raise UnetWeightsError(
+                    f"{source} does not fit this model: {k} has shape {tuple(v.shape)}, the UNet's is {tuple(params[k].shape)}"
+                )
+        with torch.no_grad():
+            for k, v in state.items():
+                params[k].copy_(v.to(params[k].dtype))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A mid-request checkpoint holds only the trainable keys (a request changes nothing else):
+        # a few MB instead of the whole UNet (3.4 GB for Stable Diffusion).
+        prefix = "backbone.unet."
+        keep = {prefix + k for k in self.trainable_keys}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["trainable_keys"] = list(self.trainable_keys)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # The untrained keys are the request-start values the stream loaded before resuming;
+        # a key this model lacks still fails Lightning's strict load, naming it.
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            state.setdefault(key, value)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.method.loss(self.method_context, batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite unlearning loss ({float(loss)}) at step {self.global_step} of request "
+                f"{self.current_request.concept if self.current_request else '?'}"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["seed"]))
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        if self.optimizer_factory is not None:
+            return self.optimizer_factory(params)
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=0.0)
