@@ -197,20 +197,20 @@ VAN_GOGH, STAR = Request("Van Gogh", "style"), Request("star", "object")
 def test_tiny_world_anchors_are_checked_at_the_start(module, anchors, requests, named):
     method = ConceptAblation(anchors=anchors, **TINY)
     with pytest.raises(SettingsError) as info:
-        method.check_stream(module, requests, ConceptVocabulary())
+        method.check_stream(module.backbone, requests, ConceptVocabulary())
     assert named in str(info.value)
 
 
 def test_tiny_world_anchors_may_be_concepts_the_stream_vocabulary_leaves_out(module):
     # A stream over a subset still runs on the full tiny UNet, which knows "Monet".
     vocabulary = ConceptVocabulary(styles=["Van Gogh", "Cartoon"], objects=["circle", "ring"])
-    ConceptAblation(anchors={"Van Gogh": "Monet"}, **TINY).check_stream(module, [VAN_GOGH], vocabulary)
+    ConceptAblation(anchors={"Van Gogh": "Monet"}, **TINY).check_stream(module.backbone, [VAN_GOGH], vocabulary)
 
 
 def test_an_object_without_an_anchor_is_refused_at_the_start_not_at_its_request(module):
     vocabulary = ConceptVocabulary(styles=["Van Gogh"], objects=["star", "horse"])
     with pytest.raises(SettingsError, match="no anchor for the object 'horse'"):
-        ConceptAblation(**TINY).check_stream(module, [STAR, Request("horse", "object")], vocabulary)
+        ConceptAblation(**TINY).check_stream(module.backbone, [STAR, Request("horse", "object")], vocabulary)
 
 
 def test_real_model_anchors_outside_the_vocabulary_are_used_unless_a_near_miss(tiny_sd_folder, caplog):
@@ -219,9 +219,9 @@ def test_real_model_anchors_outside_the_vocabulary_are_used_unless_a_near_miss(t
     zebra = Request("zebra", "object")
     # The text encoder of a real model knows "horse", though the stream does not score it; a
     # short word one letter from "house" is another word, not a typo.
-    ConceptAblation(anchors={"zebra": "horse"}, **TINY).check_stream(real, [zebra], vocabulary)
+    ConceptAblation(anchors={"zebra": "horse"}, **TINY).check_stream(real.backbone, [zebra], vocabulary)
     for anchor, meant in (("picaso", "Picasso"), ("Van-Gogh", "Van Gogh"), ("HOUSE", "house")):
         method = ConceptAblation(anchors={"zebra" if meant == "house" else "Van Gogh": anchor}, **TINY)
         request = zebra if meant == "house" else VAN_GOGH
         with pytest.raises(SettingsError, match=rf"the anchor '{anchor}' .* did you mean '{meant}'\?"):
-            method.check_stream(real, [request], vocabulary)
+            method.check_stream(real.backbone, [request], vocabulary)
