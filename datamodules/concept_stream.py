@@ -15,8 +15,11 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightning_unlearn.prompts import PromptTemplates
 from lightning_unlearn.requests import ConceptVocabulary, Request, RequestError, drop_already_unlearned
-from lightning_unlearn.tinyworld.concepts import DEFAULT_STYLE_STREAM, PromptTemplates
+# The datamodule is where a stream meets its world: the tiny world supplies the defaults
+# (requests, styles, objects) so the generic vocabulary needs none.
+from lightning_unlearn.tinyworld.concepts import DEFAULT_STYLE_STREAM, OBJECTS, STYLES
 
 
 class RequestSamples(Dataset):
@@ -103,8 +106,8 @@ class ConceptStreamDataModule(LightningDataModule):
         """
         super().__init__()
         self.vocabulary = ConceptVocabulary(
-            styles=list(styles) if styles is not None else ConceptVocabulary().styles,
-            objects=list(objects) if objects is not None else ConceptVocabulary().objects,
+            styles=list(styles if styles is not None else STYLES),
+            objects=list(objects if objects is not None else OBJECTS),
             templates=templates,
         )
         self.unlearned = list(unlearned or [])

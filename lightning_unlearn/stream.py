@@ -39,7 +39,7 @@ from datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.atomic_io import (
     file_sha256, load_weights, remove_stale_temporaries, save_weights, write_json, write_png, write_text,
 )
-from lightning_unlearn.backbone import TinyWorldBackbone
+from lightning_unlearn.tinyworld.backbone import TinyWorldBackbone
 from lightning_unlearn.errors import SettingsError, UnlearnError
 from lightning_unlearn.evaluation import ClipZeroShotClassifier, EvaluationSettings, Evaluator, VocabularySubset, score
 from lightning_unlearn.evaluation_cache import evaluate_base, evaluate_counts

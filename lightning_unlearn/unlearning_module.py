@@ -15,9 +15,12 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 
-from lightning_unlearn.backbone import Backbone, DiffusersBackbone, TinyWorldBackbone
+from lightning_unlearn.backbone import Backbone, DiffusersBackbone
 from lightning_unlearn.methods import ESD, UnlearningMethod
 from lightning_unlearn.requests import ConceptVocabulary, Request
+# The module picks the tiny world when no --model.pretrained is given: it sits above both.
+from lightning_unlearn.tinyworld.backbone import TinyWorldBackbone
+from lightning_unlearn.tinyworld.concepts import tiny_vocabulary
 from lightning_unlearn.trainable import apply_trainable
 from lightning_unlearn.unet_weights import load_unet_weights
 
@@ -91,9 +94,12 @@ class UnlearningModule(LightningModule):
         self.request_captions: list[str] = []
         self.run_dir: Path | None = None
         """The stream's run folder (set by the runner); methods may cache per-run data under it."""
-        self.vocabulary: ConceptVocabulary | None = None
+        # Outside a stream the tiny world's own vocabulary stands in (what generic code once
+        # defaulted to); a Stable Diffusion model has none until the runner sets the stream's.
+        self.vocabulary: ConceptVocabulary | None = None if pretrained else tiny_vocabulary()
         """The stream's concept vocabulary (set by the runner); methods that build captions over
-        the other kind's concepts (Concept Ablation) read it. ``None`` outside a stream."""
+        the other kind's concepts (Concept Ablation) read it. Outside a stream: the tiny
+        world's for the tiny backbone, ``None`` for a ``pretrained`` folder."""
         # The pretrained values of the trainable keys: the "base" that anchors, merging and
         # drift compare against, whatever the stream has done since.
         self.__dict__["_base_state"] = {k: v.detach().clone().cpu() for k, v in self.trainable_state().items()}

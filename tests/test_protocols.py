@@ -83,7 +83,7 @@ def test_independent_with_ties_merge_evaluates_the_merge_of_the_task_vectors(tmp
     first, second = (load_file(str(folder / d / "weights.safetensors")) for d in ("01-van-gogh", "02-cartoon"))
     drift = json.loads((folder / "02-cartoon/drift.json").read_text())
     assert drift["to_base"]["total"] == pytest.approx(drift["to_previous"]["total"])  # trained from the base
-    from lightning_unlearn.backbone import TinyWorldBackbone
+    from lightning_unlearn.tinyworld.backbone import TinyWorldBackbone
 
     unet = dict(TinyWorldBackbone().unet.named_parameters())
     base = {k: unet[k].detach() for k in first}

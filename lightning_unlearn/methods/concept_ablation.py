@@ -203,7 +203,11 @@ class ConceptAblation(UnlearningMethod):
 
     # -- per request ---------------------------------------------------------------------------
     def prepare_request(self, module: UnlearningModule, captions: list[str]) -> None:
-        vocabulary = module.vocabulary if module.vocabulary is not None else ConceptVocabulary()
+        vocabulary = module.vocabulary
+        if vocabulary is None:  # no world default here: guessing one would caption the wrong concepts
+            raise ValueError(
+                "Concept Ablation needs the concept vocabulary: set module.vocabulary (the stream runner does)"
+            )
         anchor_captions: list[str] = []
         target_captions: list[str] = []
         latents, index = [], []

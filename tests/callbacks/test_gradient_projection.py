@@ -6,7 +6,8 @@ import torch
 
 from callbacks.gradient_projection import GradientProjection, drop_near_duplicates, ridge_factors
 from lightning_unlearn.concept_embeddings import concept_embeddings
-from lightning_unlearn.requests import ConceptVocabulary, Request
+from lightning_unlearn.requests import Request
+from lightning_unlearn.tinyworld.concepts import tiny_vocabulary
 
 
 def kv_weights(module) -> dict[str, torch.Tensor]:
@@ -14,7 +15,7 @@ def kv_weights(module) -> dict[str, torch.Tensor]:
 
 
 def embed(module, names: list[str]) -> torch.Tensor:
-    vocab = ConceptVocabulary()
+    vocab = tiny_vocabulary()
     return concept_embeddings(module.backbone, vocab, [(n, vocab.kind_of(n)) for n in names]).float()
 
 

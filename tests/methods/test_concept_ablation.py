@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 import lightning_unlearn.methods.concept_ablation as ca
 from lightning_unlearn.cli import main
 from lightning_unlearn.methods import ConceptAblation
-from lightning_unlearn.requests import ConceptVocabulary, Request
+from lightning_unlearn.requests import Request
 from lightning_unlearn.sampling import TextCondition, predict_noise
+from lightning_unlearn.tinyworld.concepts import tiny_vocabulary
 from lightning_unlearn.unlearning_module import UnlearningModule
 
 TINY = dict(images_per_anchor=4, ddim_steps=2, sample_batch=4)
@@ -29,7 +30,7 @@ def test_loss_on_known_tensors_trains_only_the_target_branch():
 
 
 def test_caption_pairs_for_a_style_and_an_object():
-    vocab = ConceptVocabulary()
+    vocab = tiny_vocabulary()
     anchors, targets = ca.caption_pairs(Request("Van Gogh", "style"), vocab, ca.DEFAULT_OBJECT_ANCHORS)
     assert len(anchors) == len(targets) == len(vocab.objects)
     assert (anchors[3], targets[3]) == ("a star", "a star in Van Gogh style")
@@ -46,7 +47,7 @@ def test_caption_pairs_for_a_style_and_an_object():
 
 
 def test_every_tiny_world_object_has_a_different_known_anchor():
-    vocab = ConceptVocabulary()
+    vocab = tiny_vocabulary()
     assert set(ca.DEFAULT_OBJECT_ANCHORS) == set(vocab.objects)
     for target, anchor in ca.DEFAULT_OBJECT_ANCHORS.items():
         assert anchor in vocab.objects and anchor != target
