@@ -48,11 +48,11 @@ def main() -> None:
     from lightning_unlearn.evaluation_cache import EvaluationCache, base_evaluation_recipe, evaluate_counts, recipe_key
     from lightning_unlearn.requests import ConceptVocabulary
     from lightning_unlearn.tinyworld.classifier import TinyWorldClassifier
-    from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
+    from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES, tiny_vocabulary
     from lightning_unlearn.unlearning_module import UnlearningModule
 
     module = UnlearningModule()
-    vocabulary = ConceptVocabulary(styles=QUICK_STYLES, objects=QUICK_OBJECTS) if args.quick else ConceptVocabulary()
+    vocabulary = ConceptVocabulary(styles=QUICK_STYLES, objects=QUICK_OBJECTS) if args.quick else tiny_vocabulary()
     classifier = VocabularySubset(TinyWorldClassifier.load(), list(STYLES), list(OBJECTS), vocabulary)
     base_settings = EvaluationSettings(guidance=4.0, batch_size=args.batch_size)
     evaluators = {

@@ -146,7 +146,14 @@ class GradientProjection(RequestCallback):
     def protected_concepts(self, trainer: Trainer, pl_module: LightningModule) -> tuple[list[tuple[str, str]], torch.Tensor]:
         """(concept, kind) pairs to protect for the current request, and their embeddings [m, d_text]."""
         datamodule = getattr(trainer, "datamodule", None)
-        vocab: ConceptVocabulary = getattr(datamodule, "vocabulary", None) or ConceptVocabulary()
+        # The stream's datamodule owns the vocabulary; a module used without one carries its own.
+        vocab: ConceptVocabulary | None = (
+            getattr(datamodule, "vocabulary", None) or getattr(pl_module, "vocabulary", None)
+        )
+        if vocab is None:
+            raise ValueError(
+                "GradientProjection needs the concept vocabulary: from trainer.datamodule or module.vocabulary"
+            )
         target: Request = pl_module.current_request
         if target is None:
             raise ValueError("GradientProjection needs the current request: call module.begin_request first")

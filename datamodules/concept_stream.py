@@ -16,8 +16,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_unlearn.checks import at_least
+from lightning_unlearn.prompts import PromptTemplates
 from lightning_unlearn.requests import ConceptVocabulary, Request, RequestError, drop_already_unlearned
-from lightning_unlearn.tinyworld.concepts import DEFAULT_STYLE_STREAM, PromptTemplates
+# The datamodule is where a stream meets its world: the tiny world supplies the defaults
+# (requests, styles, objects) so the generic vocabulary needs none.
+from lightning_unlearn.tinyworld.concepts import DEFAULT_STYLE_STREAM, OBJECTS, STYLES
 
 
 class RequestSamples(Dataset):
@@ -124,8 +127,8 @@ class ConceptStreamDataModule(LightningDataModule):
         at_least(batch_size, 1, "--data.batch_size")
         at_least(steps_per_request, 1, "--data.steps_per_request")
         self.vocabulary = ConceptVocabulary(
-            styles=list(styles) if styles is not None else ConceptVocabulary().styles,
-            objects=list(objects) if objects is not None else ConceptVocabulary().objects,
+            styles=list(styles if styles is not None else STYLES),
+            objects=list(objects if objects is not None else OBJECTS),
             templates=templates,
         )
         self.unlearned = list(unlearned or [])

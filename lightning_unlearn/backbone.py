@@ -3,10 +3,10 @@
 Everything downstream (methods, regularizers, evaluation) talks to a :class:`Backbone` and
 never needs to know whether it runs the tiny world or a Stable Diffusion folder:
 
-- :class:`TinyWorldBackbone`: the shipped tiny UNet, MiniLM token states, and a lossless
-  pixel fold (2 x 2 blocks into channels) as the "VAE".
 - :class:`DiffusersBackbone`: a diffusers-format Stable Diffusion (1.x / 2.x) folder (UNet, VAE,
   CLIP text encoder + tokenizer, scheduler), loaded from disk only, from safetensors only.
+- ``lightning_unlearn.tinyworld.backbone.TinyWorldBackbone``: the shipped tiny UNet; it lives
+  with its world, which builds on this module (never the other way round).
 """
 
 from __future__ import annotations
@@ -16,16 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from lightning_unlearn.atomic_io import load_weights
 from lightning_unlearn.errors import UnlearnError
 from lightning_unlearn.unet_weights import CONVERT_HINT, PICKLED_SUFFIXES
-
-TINY_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-"""Where the tiny world's pretrained UNet and classifier ship."""
 
 
 class ModelPathError(UnlearnError, ValueError):
@@ -68,6 +63,12 @@ class Backbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def closed_vocabulary(self) -> dict[str, list[str]] | None:
+        """The only concepts this model was trained on, by kind (``style``, ``object``), for a
+        closed world such as the tiny one; ``None`` for an open-vocabulary model (Stable Diffusion),
+        which can be prompted with any concept."""
+        return None
 
     # -- text -------------------------------------------------------------------------------
     def _encode_uncached(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -126,49 +127,6 @@ class Backbone(nn.Module):
         return DDIMScheduler.from_config(self.scheduler_config)
 
     scheduler_config: dict
-
-
-class TinyWorldBackbone(Backbone):
-    """Tiny UNet + MiniLM + pixel fold; weights from ``weights`` or the shipped ones."""
-
-    def __init__(self, unet: UNet2DConditionModel | None = None, weights: str | Path | None = None) -> None:
-        super().__init__()
-        from lightning_unlearn.tinyworld.text_encoder import MiniLMTextEncoder
-        from lightning_unlearn.tinyworld.unet import PIXEL_FOLD, build_tiny_unet
-
-        self.fold = PIXEL_FOLD
-        if unet is None:
-            unet = build_tiny_unet()
-            path = Path(weights) if weights is not None else TINY_WEIGHTS_DIR / "tiny_unet.safetensors"
-            state = load_weights(path)
-            missing, unexpected = unet.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise ValueError(
-                    f"{path} is not a tiny-world UNet checkpoint: {len(missing)} missing keys "
-                    f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-                )
-        self.unet = unet
-        # Kept out of the module tree so checkpoints and .to() never touch the frozen encoder.
-        self.__dict__["text_encoder"] = MiniLMTextEncoder()
-        self.scheduler_config = dict(
-            num_train_timesteps=1000,
-            beta_schedule="squaredcos_cap_v2",
-            prediction_type="epsilon",
-            clip_sample=False,
-        )
-
-    @property
-    def tokenizer(self):
-        return self.text_encoder.tokenizer
-
-    def _encode_uncached(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.text_encoder(captions)
-
-    def images_to_latents(self, images: torch.Tensor) -> torch.Tensor:
-        return F.pixel_unshuffle(images, self.fold)
-
-    def latents_to_images(self, latents: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(latents, self.fold)
 
 
 def check_clip_folder(path: str | Path) -> Path:

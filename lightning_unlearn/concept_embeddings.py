@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_unlearn.backbone import Backbone
+from lightning_unlearn.prompts import ConceptKind
 from lightning_unlearn.requests import ConceptVocabulary
-from lightning_unlearn.tinyworld.concepts import ConceptKind
 
 
 def concept_token_span(backbone: Backbone, caption: str, concept: str) -> tuple[int, int]:

@@ -34,7 +34,8 @@ class SimultaneousSettings:
     """When a simultaneous request stops training."""
 
     ua_target: float = 99.0
-    """Stop once UA over every concept erased so far reaches this (percent)."""
+    """Stop once UA over every concept erased so far reaches this (percent, 0-100; 0 stops at the
+    first check)."""
     check_every_n_steps: int = 50
     """Check UA every this many optimizer steps (on the evaluation prompts of the erased concepts)."""
     max_steps: int = 1000
@@ -43,7 +44,7 @@ class SimultaneousSettings:
     """Evaluation seeds per prompt used by the check (the full evaluation uses its own)."""
 
     def __post_init__(self) -> None:
-        in_interval(self.ua_target, 0, 100, "--stream.simultaneous.ua_target")
+        in_interval(self.ua_target, 0, 100, "--stream.simultaneous.ua_target", low_open=False)
         at_least(self.check_every_n_steps, 1, "--stream.simultaneous.check_every_n_steps")
         at_least(self.max_steps, 1, "--stream.simultaneous.max_steps")
         at_least(self.check_seeds, 1, "--stream.simultaneous.check_seeds")
@@ -71,14 +72,12 @@ class MergeSettings:
     ``per_tensor``: the top-k fraction of every tensor."""
 
     def __post_init__(self) -> None:
-        # The command line checks the choice itself; this catches settings built in Python,
+        # The command line checks the choices itself; this catches settings built in Python,
         # which would otherwise fail only at the first merge, after training.
-        if self.trim_scope not in TRIM_SCOPES:
-            raise SettingsError(f"merge trim_scope must be one of {', '.join(TRIM_SCOPES)}, got {self.trim_scope!r}")
-
-    def __post_init__(self) -> None:
         if self.method not in ("uniform", "task_arithmetic", "ties"):
             raise SettingsError(f"--stream.merge.method must be uniform, task_arithmetic or ties, got {self.method!r}")
+        if self.trim_scope not in TRIM_SCOPES:
+            raise SettingsError(f"merge trim_scope must be one of {', '.join(TRIM_SCOPES)}, got {self.trim_scope!r}")
         # A negative or zero scale would undo or drop the unlearning the task vectors hold.
         positive(self.lambda_, "--stream.merge.lambda_")
         in_interval(self.top_k, 0, 1, "--stream.merge.top_k")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from lightning_unlearn.checks import did_you_mean
 from lightning_unlearn.errors import UnlearnError
-from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES, ConceptKind, PromptTemplates
+from lightning_unlearn.prompts import ConceptKind, PromptTemplates
 
 
 class RequestError(UnlearnError, ValueError):
@@ -31,11 +31,14 @@ class Request:
 class ConceptVocabulary:
     """The concepts a model knows, by kind, and how captions name them.
 
-    The tiny world's vocabulary is the default; for a real model list its concepts in YAML.
+    It belongs to no world: the layer that knows the model supplies the names (the stream's
+    datamodule defaults to the tiny world's, ``tinyworld.concepts.tiny_vocabulary()``; for a
+    real model list its concepts in YAML). No default here, so generic code never silently
+    judges a model by another world's concepts.
     """
 
-    styles: list[str] = field(default_factory=lambda: list(STYLES))
-    objects: list[str] = field(default_factory=lambda: list(OBJECTS))
+    styles: list[str]
+    objects: list[str]
     templates: PromptTemplates = field(default_factory=PromptTemplates)
 
     def kind_of(self, concept: str) -> ConceptKind:

@@ -46,8 +46,8 @@ from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.atomic_io import (
     file_sha256, load_weights, remove_stale_temporaries, save_weights, write_json, write_png, write_text,
 )
-from lightning_unlearn.backbone import TinyWorldBackbone
 from lightning_unlearn.checks import at_least
+from lightning_unlearn.tinyworld.backbone import TinyWorldBackbone
 from lightning_unlearn.errors import SettingsError, UnlearnError
 from lightning_unlearn.evaluation import (
     ClipZeroShotClassifier, EvaluationSettings, Evaluator, VocabularySubset, check_classifier_knows, score,

@@ -18,12 +18,15 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 
-from lightning_unlearn.backbone import Backbone, DiffusersBackbone, TinyWorldBackbone
+from lightning_unlearn.backbone import Backbone, DiffusersBackbone
 from lightning_unlearn.checks import positive
 from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.methods import ESD, MethodContext, UnlearningMethod
 from lightning_unlearn.protocols import RequestPlan
 from lightning_unlearn.requests import ConceptVocabulary, Request
+# The module picks the tiny world when no --model.pretrained is given: it sits above both.
+from lightning_unlearn.tinyworld.backbone import TinyWorldBackbone
+from lightning_unlearn.tinyworld.concepts import tiny_vocabulary
 from lightning_unlearn.trainable import apply_trainable
 from lightning_unlearn.unet_weights import UnetWeightsError, load_unet_weights
 
@@ -91,6 +94,10 @@ class UnlearningModule(LightningModule):
             self.unet.enable_gradient_checkpointing()
         self.trainable = trainable
         self.trainable_keys = apply_trainable(self.unet, trainable)
+        # Outside a stream the tiny world's own vocabulary stands in; a Stable Diffusion model has
+        # none: its requests come with the stream's (begin_request's ``vocabulary``).
+        self.default_vocabulary: ConceptVocabulary | None = None if pretrained else tiny_vocabulary()
+        """The vocabulary a request uses when ``begin_request`` is given none."""
         self.clear_request()
         # The pretrained values of the trainable keys: the "base" that anchors, merging and
         # drift compare against, whatever the stream has done since.
@@ -136,6 +143,12 @@ class UnlearningModule(LightningModule):
         """Position of the current request in its stream (-1 before ``begin_request``)."""
         plan = self.plan
         return -1 if plan is None else plan.index
+
+    @property
+    def vocabulary(self) -> ConceptVocabulary | None:
+        """The current request's concept vocabulary, else :attr:`default_vocabulary`."""
+        context = self.__dict__.get("_method_context")
+        return context.vocabulary if context is not None else self.default_vocabulary
 
     @property
     def method_context(self) -> MethodContext:
@@ -202,6 +215,9 @@ class UnlearningModule(LightningModule):
         # Kept outside the module tree: not trained, not checkpointed, not moved twice.
         self.__dict__["_reference_unet"] = reference
         self.trainable_keys = apply_trainable(self.unet, self.trainable)
+        vocabulary = vocabulary if vocabulary is not None else self.default_vocabulary
+        if vocabulary is None:  # no world default for a real model: guessing one would caption the wrong concepts
+            raise SettingsError("a request on a pretrained model needs the stream's concept vocabulary (begin_request's vocabulary)")
         context = MethodContext(
             unet=self.unet,
             reference_unet=reference,
@@ -212,7 +228,7 @@ class UnlearningModule(LightningModule):
             seed=self.request_seed,
             run_seed=int(self.hparams.seed),
             reference_dtype=self.hparams.get("reference_dtype", "float32"),
-            vocabulary=vocabulary if vocabulary is not None else ConceptVocabulary(),
+            vocabulary=vocabulary,
             cache_dir=None if cache_dir is None else Path(cache_dir),
             base_state=MappingProxyType(self.base_state()),  # a live, read-only view
             base_unet=self.frozen_base_copy,

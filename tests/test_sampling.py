@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_unlearn.backbone import TinyWorldBackbone
+from lightning_unlearn.tinyworld.backbone import TinyWorldBackbone
 from lightning_unlearn.sampling import TextCondition, guided_sample, guided_trajectory, solver_scheduler
 
 CAPTIONS = ["A star image in Van Gogh style."]

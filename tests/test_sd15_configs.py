@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.cli import main
-from lightning_unlearn.tinyworld.concepts import PromptTemplates
+from lightning_unlearn.prompts import PromptTemplates
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "sd15").glob("*.yaml"))
 STYLE_STREAM = ["Abstractionism", "Byzantine", "Cartoon", "Cold Warm", "Ukiyoe", "Van Gogh", "Neon Lines", "Picasso",

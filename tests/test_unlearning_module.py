@@ -5,6 +5,7 @@ import torch
 
 from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.stream import UnlearnCLI
+from lightning_unlearn.tinyworld.concepts import tiny_vocabulary
 from lightning_unlearn.unlearning_module import UnlearningModule
 
 
@@ -205,7 +206,7 @@ def test_begin_request_keeps_the_plan_and_gives_the_method_a_narrow_context(tmp_
 
     # Every default: the tiny world's vocabulary, no cache folder.
     module.begin_request(plan_request([VAN_GOGH], 0, "sequential"), [CAPTION])
-    assert seen[-1].vocabulary == vocabulary.__class__() and seen[-1].cache_dir is None
+    assert seen[-1].vocabulary == tiny_vocabulary() and seen[-1].cache_dir is None
 
     wrong = RequestPlan(0, VAN_GOGH, (VAN_GOGH, cartoon), (), True, (VAN_GOGH, cartoon))
     with pytest.raises(ValueError, match="must be the last concept erased"):

@@ -142,8 +142,9 @@ class ConceptAblation(UnlearningMethod):
     Anchors are checked when the stream starts, before any work or file (:meth:`check_stream`):
 
     - every object requested needs an anchor, and no concept may be its own anchor;
-    - a target named in ``anchors`` must be a concept of the vocabulary (a misspelt target
-      would silently leave its request on the default anchor);
+    - a target named in ``anchors`` that is a near-miss of a vocabulary concept is refused (a
+      misspelt target would silently leave its request on the default anchor); other targets
+      outside the vocabulary are allowed, so one anchor map can serve streams over subsets;
     - an anchor that is a concept of the vocabulary must be of the request's kind (a style's
       anchor a style, an object's an object: the captions swap one word for the other);
     - an anchor outside the vocabulary is refused on the tiny world, whose UNet has only ever
@@ -205,21 +206,22 @@ class ConceptAblation(UnlearningMethod):
 
     def check_stream(self, backbone: Backbone, requests: Sequence[Request], vocabulary: ConceptVocabulary) -> None:
         """Refuse, naming it, an anchor this stream cannot use (the rules in the class docstring)."""
-        from lightning_unlearn.backbone import TinyWorldBackbone
-        from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
-
         option = "--model.method.init_args.anchors"
         known = [*vocabulary.styles, *vocabulary.objects]
         for target in self.user_anchors:
-            if target not in known:
+            # A shared anchor map (a config's) may name more concepts than one stream's vocabulary
+            # holds; a near-miss of a known concept, though, is a typo that leaves it unanchored.
+            hint = did_you_mean(target, known)
+            if target not in known and hint:
                 raise SettingsError(
-                    f"{option} names {target!r}, which is not a concept of the vocabulary{did_you_mean(target, known)}: "
+                    f"{option} names {target!r}, which is not a concept of the vocabulary{hint}: "
                     f"its anchor would never be used (styles {vocabulary.styles}, objects {vocabulary.objects})"
                 )
-        tiny = isinstance(backbone, TinyWorldBackbone)
+        closed = backbone.closed_vocabulary()
+        tiny = closed is not None
         # What the model knows by kind: the tiny world's UNet knows all of its concepts, even
         # those a stream's vocabulary leaves out.
-        kinds = {"style": [*STYLES], "object": [*OBJECTS]} if tiny else {"style": vocabulary.styles, "object": vocabulary.objects}
+        kinds = closed if closed is not None else {"style": vocabulary.styles, "object": vocabulary.objects}
         for request in requests:
             anchor = anchor_concept(request, self.anchors)
             if anchor is None or anchor in kinds[request.kind]:

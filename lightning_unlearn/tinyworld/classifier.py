@@ -1,23 +1,20 @@
 """The tiny world's judge: a small CNN with a style head and an object head.
 
 Trained on rendered images (with noise and blur so it also reads imperfect generated ones)
-by ``python train.py pretrain --config configs/tinyworld/pretrain_classifier.yaml``; shipped
-as safetensors and used to score every generated image.
+by ``python train.py pretrain --config configs/tinyworld/pretrain_classifier.yaml`` (the recipe
+is ``lightning_unlearn.pretraining.classifier``); shipped as safetensors and used to score
+every generated image.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import nn
 
-from lightning_unlearn.atomic_io import load_weights, save_weights, write_json
+from lightning_unlearn.atomic_io import load_weights
 from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
-from lightning_unlearn.tinyworld.model_card import card_hyperparameters
 
 DEFAULT_CLASSIFIER_PATH = Path(__file__).resolve().parents[1] / "weights" / "tiny_classifier.safetensors"
 
@@ -50,69 +47,3 @@ class TinyWorldClassifier(nn.Module):
         model = cls()
         model.load_state_dict(load_weights(path))
         return model.eval().requires_grad_(False)
-
-
-def degrade(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random noise and blur, so the classifier tolerates a generator's imperfections."""
-    b = images.shape[0]
-    sigma = torch.rand(b, 1, 1, 1, generator=generator) * 0.15
-    noisy = images + sigma * torch.randn(images.shape, generator=generator)
-    blur = F.avg_pool2d(F.pad(noisy, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    use_blur = (torch.rand(b, 1, 1, 1, generator=generator) < 0.3).float()
-    return (use_blur * blur + (1 - use_blur) * noisy).clamp(-1, 1)
-
-
-class ClassifierPretraining(LightningModule):
-    """Recipe for the tiny-world classifier: cross-entropy on both heads, AdamW, cosine decay."""
-
-    def __init__(self, lr: float = 2e-3, weight_decay: float = 1e-4, export_path: str = str(DEFAULT_CLASSIFIER_PATH)) -> None:
-        """
-        Args:
-            lr: peak learning rate.
-            weight_decay: AdamW weight decay.
-            export_path: where the trained weights (safetensors) and card (.json) are written
-                (not recorded in the card: it is a path on the training machine).
-        """
-        super().__init__()
-        self.save_hyperparameters()
-        self.classifier = TinyWorldClassifier()
-        self._started = time.time()
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        style_logits, object_logits = self.classifier(degrade(batch["image"]))
-        loss = F.cross_entropy(style_logits, batch["style"]) + F.cross_entropy(object_logits, batch["object"])
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        style_logits, object_logits = self.classifier(batch["image"])
-        self.log("val/style_acc", (style_logits.argmax(1) == batch["style"]).float().mean(), prog_bar=True)
-        self.log("val/object_acc", (object_logits.argmax(1) == batch["object"]).float().mean(), prog_bar=True)
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
-        path = Path(self.hparams.export_path)
-        save_weights(self.classifier.state_dict(), path)
-        write_json(
-            {
-                "model": "TinyWorldClassifier",
-                "styles": list(STYLES),
-                "objects": list(OBJECTS),
-                "recipe": "python train.py pretrain --config configs/tinyworld/pretrain_classifier.yaml",
-                "hyperparameters": card_hyperparameters(self.hparams),
-                "data_seed": self.trainer.datamodule.seed,
-                "batch_size": self.trainer.datamodule.batch_size,
-                "steps": self.global_step,
-                "train_minutes": round((time.time() - self._started) / 60, 1),
-                "heldout_accuracy": metrics,
-            },
-            path.with_suffix(".json"),
-        )
-
-    def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(1, self.trainer.max_steps)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=total, pct_start=0.1)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

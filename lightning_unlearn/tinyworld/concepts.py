@@ -2,15 +2,14 @@
 
 Styles are named after real art styles so the text encoder sees real semantic neighbours
 ("Monet" and "Impressionism" sit close, "Neon Lines" far away); objects are shapes with
-everyday names. The renderer (``renderer.py``) gives each name its own look.
+everyday names. The renderer (``renderer.py``) gives each name its own look. Captions use
+the generic :class:`~lightning_unlearn.prompts.PromptTemplates` defaults.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
-ConceptKind = Literal["style", "object"]
+from lightning_unlearn.prompts import ConceptKind
+from lightning_unlearn.requests import ConceptVocabulary
 
 STYLES: tuple[str, ...] = (
     "Van Gogh",
@@ -77,32 +76,6 @@ DEFAULT_OBJECT_STREAM: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class PromptTemplates:
-    """How captions are written. ``{style}`` and ``{object}`` are substituted."""
-
-    full: str = "a {object} in {style} style"
-    """Caption naming both concepts (the training and evaluation prompt)."""
-    style_only: str = "a painting in {style} style"
-    """Caption naming only a style (partial caption, used to erase a style by its phrase)."""
-    object_only: str = "a {object}"
-    """Caption naming only an object (partial caption, used to erase an object)."""
-
-    def caption(self, style: str | None, obj: str | None) -> str:
-        """The caption for a (style, object) pair; either may be ``None`` for a partial one."""
-        if style is not None and obj is not None:
-            return self.full.format(style=style, object=obj)
-        if style is not None:
-            return self.style_only.format(style=style)
-        if obj is not None:
-            return self.object_only.format(object=obj)
-        return ""
-
-    def concept_prompt(self, concept: str, kind: ConceptKind) -> str:
-        """The caption that names one concept alone."""
-        return self.caption(concept, None) if kind == "style" else self.caption(None, concept)
-
-
 def concept_kind(concept: str) -> ConceptKind:
     """The kind of a tiny-world concept; raises ``ValueError`` naming the unknown one."""
     if concept in STYLES:
@@ -112,3 +85,13 @@ def concept_kind(concept: str) -> ConceptKind:
     raise ValueError(
         f"unknown tiny-world concept {concept!r}; styles are {list(STYLES)}, objects are {list(OBJECTS)}"
     )
+
+
+def tiny_vocabulary() -> ConceptVocabulary:
+    """The tiny world's vocabulary: its 16 styles and 12 objects, default caption templates.
+
+    A fresh object each call (``ConceptVocabulary`` is mutable). The generic vocabulary has no
+    world of its own; the layers that know the tiny world (its datamodule, tests, benchmarks)
+    build it here.
+    """
+    return ConceptVocabulary(styles=list(STYLES), objects=list(OBJECTS))

@@ -8,6 +8,7 @@ from lightning_unlearn.callbacks.gradient_projection import GradientProjection, 
 from lightning_unlearn.concept_embeddings import concept_embeddings
 from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.requests import ConceptVocabulary, Request
+from lightning_unlearn.tinyworld.concepts import tiny_vocabulary
 
 
 def kv_weights(module) -> dict[str, torch.Tensor]:
@@ -15,7 +16,7 @@ def kv_weights(module) -> dict[str, torch.Tensor]:
 
 
 def embed(module, names: list[str]) -> torch.Tensor:
-    vocab = ConceptVocabulary()
+    vocab = tiny_vocabulary()
     return concept_embeddings(module.backbone, vocab, [(n, vocab.kind_of(n)) for n in names]).float()
 
 

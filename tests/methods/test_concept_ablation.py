@@ -14,6 +14,7 @@ from lightning_unlearn.methods import ConceptAblation
 from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.requests import ConceptVocabulary, Request
 from lightning_unlearn.sampling import TextCondition, predict_noise
+from lightning_unlearn.tinyworld.concepts import tiny_vocabulary
 from lightning_unlearn.unlearning_module import UnlearningModule
 
 TINY = dict(images_per_anchor=4, ddim_steps=2, sample_batch=4)
@@ -32,7 +33,7 @@ def test_loss_on_known_tensors_trains_only_the_target_branch():
 
 
 def test_caption_pairs_for_a_style_and_an_object():
-    vocab = ConceptVocabulary()
+    vocab = tiny_vocabulary()
     anchors, targets = ca.caption_pairs(Request("Van Gogh", "style"), vocab, ca.DEFAULT_OBJECT_ANCHORS)
     assert len(anchors) == len(targets) == len(vocab.objects)
     assert (anchors[3], targets[3]) == ("a star", "a star in Van Gogh style")
@@ -49,7 +50,7 @@ def test_caption_pairs_for_a_style_and_an_object():
 
 
 def test_every_tiny_world_object_has_a_different_known_anchor():
-    vocab = ConceptVocabulary()
+    vocab = tiny_vocabulary()
     assert set(ca.DEFAULT_OBJECT_ANCHORS) == set(vocab.objects)
     for target, anchor in ca.DEFAULT_OBJECT_ANCHORS.items():
         assert anchor in vocab.objects and anchor != target
@@ -188,7 +189,6 @@ VAN_GOGH, STAR = Request("Van Gogh", "style"), Request("star", "object")
 
 @pytest.mark.parametrize("anchors, requests, named", [
     ({"Van Gohg": "Monet"}, [VAN_GOGH], "names 'Van Gohg', which is not a concept of the vocabulary (did you mean 'Van Gogh'?)"),
-    ({"Rembrandt": "Monet"}, [VAN_GOGH], "names 'Rembrandt', which is not a concept of the vocabulary: its anchor would never be used"),
     ({"Van Gogh": "monet"}, [VAN_GOGH], "the anchor 'monet' of 'Van Gogh' is not a tiny-world style (did you mean 'Monet'?)"),
     ({"Van Gogh": "Rembrandt"}, [VAN_GOGH], "the anchor 'Rembrandt' of 'Van Gogh' is not a tiny-world style; the tiny UNet knows only"),
     ({"star": "Monet"}, [STAR], "the anchor of the object 'star' is the style 'Monet'; a object's anchor must be a object"),
@@ -197,8 +197,14 @@ VAN_GOGH, STAR = Request("Van Gogh", "style"), Request("star", "object")
 def test_tiny_world_anchors_are_checked_at_the_start(module, anchors, requests, named):
     method = ConceptAblation(anchors=anchors, **TINY)
     with pytest.raises(SettingsError) as info:
-        method.check_stream(module.backbone, requests, ConceptVocabulary())
+        method.check_stream(module.backbone, requests, tiny_vocabulary())
     assert named in str(info.value)
+
+
+def test_an_anchor_map_may_name_concepts_outside_the_stream(module):
+    # A config's shared map (the SD configs anchor every UnlearnCanvas object) names more concepts
+    # than one stream's vocabulary; only a near-miss of a known concept is a typo.
+    ConceptAblation(anchors={"Rembrandt": "Monet"}, **TINY).check_stream(module.backbone, [VAN_GOGH], tiny_vocabulary())
 
 
 def test_tiny_world_anchors_may_be_concepts_the_stream_vocabulary_leaves_out(module):

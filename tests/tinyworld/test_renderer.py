@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
 
-from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES, PromptTemplates, concept_kind
+from lightning_unlearn.prompts import PromptTemplates
+from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
+from lightning_unlearn.requests import ConceptVocabulary
+from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES, concept_kind, tiny_vocabulary
 from lightning_unlearn.tinyworld.renderer import render, render_batch
 
 
@@ -48,3 +51,15 @@ def test_captions_and_kinds():
     assert concept_kind("Monet") == "style" and concept_kind("moon") == "object"
     with pytest.raises(ValueError, match="unknown tiny-world concept 'Rembrandt'"):
         concept_kind("Rembrandt")
+
+
+def test_the_tiny_world_supplies_the_vocabulary_generic_code_no_longer_defaults_to():
+    vocab = tiny_vocabulary()
+    assert (vocab.styles, vocab.objects, vocab.templates) == (list(STYLES), list(OBJECTS), PromptTemplates())
+    vocab.styles.append("Extra")  # each call is a fresh object: no caller can edit another's
+    assert tiny_vocabulary().styles == list(STYLES)
+    # The stream's default vocabulary (what the CLI serves without --data.styles) is unchanged.
+    assert ConceptStreamDataModule().vocabulary == tiny_vocabulary()
+    with pytest.raises(TypeError):  # generic: a vocabulary names its world's concepts explicitly
+        ConceptVocabulary()  # type: ignore[call-arg]
+

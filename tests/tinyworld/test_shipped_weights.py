@@ -5,10 +5,11 @@ import json
 import torch
 
 from lightning_unlearn.datamodules.tinyworld_images import HeldOutImages
-from lightning_unlearn.backbone import TINY_WEIGHTS_DIR, TinyWorldBackbone
+from lightning_unlearn.tinyworld.backbone import TINY_WEIGHTS_DIR, TinyWorldBackbone
 from lightning_unlearn.evaluation import EvaluationSettings, Evaluator, score
-from lightning_unlearn.requests import ConceptVocabulary
+from lightning_unlearn.tinyworld.backbone import TINY_WEIGHTS_DIR, TinyWorldBackbone
 from lightning_unlearn.tinyworld.classifier import TinyWorldClassifier
+from lightning_unlearn.tinyworld.concepts import tiny_vocabulary
 
 
 def test_classifier_reads_held_out_renders():
@@ -26,9 +27,9 @@ def test_base_unet_samples_are_recognised_as_the_card_says():
     card = json.loads((TINY_WEIGHTS_DIR / "tiny_unet.json").read_text())
     backbone = TinyWorldBackbone()
     settings = EvaluationSettings(steps=card["sample_accuracy"]["ddim_steps"], guidance=card["sample_accuracy"]["guidance"])
-    evaluator = Evaluator(backbone, TinyWorldClassifier.load(), ConceptVocabulary(), settings)
+    evaluator = Evaluator(backbone, TinyWorldClassifier.load(), tiny_vocabulary(), settings)
     torch.manual_seed(0)
-    metrics = score(evaluator.counts(evaluator.sample(backbone.unet)), ConceptVocabulary(), [], {"style"})
+    metrics = score(evaluator.counts(evaluator.sample(backbone.unet)), tiny_vocabulary(), [], {"style"})
     assert metrics["style_acc"] >= 90.0 and metrics["object_acc"] >= 90.0
     assert card["sample_accuracy"]["sample_style_acc"] >= 0.9 and card["sample_accuracy"]["sample_object_acc"] >= 0.9
 
@@ -47,7 +48,7 @@ def _strings(value):
 
 
 def test_no_shipped_card_records_a_path_of_the_training_machine():
-    from lightning_unlearn.tinyworld.model_card import is_machine_path
+    from lightning_unlearn.pretraining.model_card import is_machine_path
 
     cards = sorted(TINY_WEIGHTS_DIR.glob("*.json"))
     assert [c.name for c in cards] == ["tiny_classifier.json", "tiny_unet.json"]

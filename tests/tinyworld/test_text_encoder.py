@@ -1,8 +1,8 @@
 import torch
 
-from lightning_unlearn.backbone import TinyWorldBackbone
 from lightning_unlearn.concept_embeddings import concept_embeddings, concept_token_span, cosine_matrix
-from lightning_unlearn.requests import ConceptVocabulary
+from lightning_unlearn.tinyworld.backbone import TinyWorldBackbone
+from lightning_unlearn.tinyworld.concepts import tiny_vocabulary
 from lightning_unlearn.tinyworld.text_encoder import HIDDEN_SIZE, MAX_TOKENS, MiniLMTextEncoder
 
 
@@ -26,7 +26,7 @@ def test_concept_span_covers_multi_token_names():
 
 def test_real_semantics_neighbouring_styles_are_closer():
     backbone = TinyWorldBackbone()
-    vocab = ConceptVocabulary()
+    vocab = tiny_vocabulary()
     names = [("Monet", "style"), ("Impressionism", "style"), ("Neon Lines", "style"), ("Picasso", "style"),
              ("Cubism", "style")]
     sim = cosine_matrix(concept_embeddings(backbone, vocab, names))

@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
-from lightning_unlearn.backbone import TINY_WEIGHTS_DIR, TinyWorldBackbone
 from lightning_unlearn.atomic_io import save_weights, write_json
+from lightning_unlearn.prompts import PromptTemplates
 from lightning_unlearn.sampling import TextCondition, ddim_sample
+from lightning_unlearn.tinyworld.backbone import TINY_WEIGHTS_DIR, TinyWorldBackbone
 from lightning_unlearn.tinyworld.classifier import DEFAULT_CLASSIFIER_PATH, TinyWorldClassifier
-from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES, PromptTemplates
-from lightning_unlearn.tinyworld.model_card import card_hyperparameters
+from lightning_unlearn.pretraining.model_card import card_hyperparameters
+from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
 from lightning_unlearn.tinyworld.unet import TINY_UNET_CONFIG, build_tiny_unet
 
 

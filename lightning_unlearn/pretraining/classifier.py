@@ -1,8 +1,8 @@
-"""The tiny world's judge: a small CNN with a style head and an object head.
+"""Recipe of the tiny world's classifier (``TinyWorldClassifier``): cross-entropy on both heads.
 
-Trained on rendered images (with noise and blur so it also reads imperfect generated ones)
-by ``python train.py pretrain --config configs/tinyworld/pretrain_classifier.yaml``; shipped
-as safetensors and used to score every generated image.
+``python train.py pretrain --config configs/tinyworld/pretrain_classifier.yaml``. Each
+validation exports the weights and a JSON card (hyperparameters, data seed, steps, held-out
+accuracy) to ``export_path``, atomically.
 """
 
 from __future__ import annotations
@@ -13,43 +13,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from torch import nn
 
-from lightning_unlearn.atomic_io import load_weights, save_weights, write_json
+from lightning_unlearn.atomic_io import save_weights, write_json
+from lightning_unlearn.pretraining.model_card import card_hyperparameters
+from lightning_unlearn.tinyworld.classifier import DEFAULT_CLASSIFIER_PATH, TinyWorldClassifier
 from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
-from lightning_unlearn.tinyworld.model_card import card_hyperparameters
-
-DEFAULT_CLASSIFIER_PATH = Path(__file__).resolve().parents[1] / "weights" / "tiny_classifier.safetensors"
-
-
-def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
-
-
-class TinyWorldClassifier(nn.Module):
-    """Images in [-1, 1], [B, 3, 32, 32] -> (style logits [B, 16], object logits [B, 12])."""
-
-    def __init__(self, width: int = 32) -> None:
-        super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            _block(3, w, 1), _block(w, w, 1), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1),
-            _block(2 * w, 4 * w, 2), _block(4 * w, 4 * w, 1),
-        )
-        self.style_head = nn.Linear(8 * w, len(STYLES))
-        self.object_head = nn.Linear(8 * w, len(OBJECTS))
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.features(images)
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
-        return self.style_head(pooled), self.object_head(pooled)
-
-    @classmethod
-    def load(cls, path: str | Path = DEFAULT_CLASSIFIER_PATH) -> TinyWorldClassifier:
-        """The shipped (or given) classifier, in eval mode and frozen."""
-        model = cls()
-        model.load_state_dict(load_weights(path))
-        return model.eval().requires_grad_(False)
 
 
 def degrade(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
