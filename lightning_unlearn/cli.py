@@ -1,5 +1,10 @@
 """Command line: LightningCLI subclasses behind one ``train.py`` with subcommands.
 
+The same command line is the ``lightning-unlearn`` console script and ``python -m
+lightning_unlearn`` (any install, any folder). ``--config`` and ``--trainer.callbacks+=`` take a
+file or the name of a shipped config (``tinyworld/esd_styles_sequential``; see
+``lightning_unlearn.config_names``).
+
 - ``pretrain``: fit any LightningModule + DataModule from a config (the tiny world's UNet and
   classifier recipes); Lightning's own ``fit`` options apply (``--ckpt_path last`` resumes).
 - ``unlearn``: serve a stream of unlearning requests (see ``lightning_unlearn.stream``).
@@ -16,10 +21,9 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from pathlib import Path
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
-
+from lightning_unlearn.config_names import resolve_config_args
 from lightning_unlearn.errors import UnlearnError
 
 SUBCOMMANDS = ("pretrain", "unlearn", "report", "study", "verify")
@@ -33,7 +37,9 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", module="jsonargparse")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # We pass the subcommand's args explicitly but keep sys.argv intact: Lightning's DDP
-    # launcher re-runs the script from sys.argv in every process.
+    # launcher re-runs the script from sys.argv in every process (``python <argv[0]> ...``: the
+    # console script's wrapper is a Python file; under ``python -m`` it re-runs the module), and
+    # each process resolves the config names again, to the same files.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
@@ -41,6 +47,11 @@ def _quiet() -> None:
 
 def pretrain(args: list[str]) -> None:
     """Fit a pretraining recipe (``--model`` and ``--data`` take class paths)."""
+    # Imported here, not at the top: the usage line and the plain subcommands (report, verify)
+    # answer without the seconds Lightning (and torch) take to import.
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
     LightningCLI(
         LightningModule,
         LightningDataModule,
@@ -52,7 +63,8 @@ def pretrain(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Dispatch ``train.py SUBCOMMAND ...``; a named error (:class:`UnlearnError`) becomes one
+    """Dispatch ``train.py SUBCOMMAND ...`` (``argv``, else ``sys.argv[1:]``: the console script
+    calls it without arguments); a named error (:class:`UnlearnError`) becomes one
     ``error: ...`` line and exit status 2 (``LIGHTNING_UNLEARN_DEBUG=1`` keeps the traceback)."""
     try:
         _dispatch(argv)
@@ -81,13 +93,26 @@ def named_cause(exc: BaseException) -> UnlearnError | None:
     return None
 
 
+def program_name() -> str:
+    """How the user started us, for the usage line: the console script, ``-m``, or ``train.py``."""
+    started = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if started == "__main__.py":
+        return "python -m lightning_unlearn"
+    return started if started.startswith("lightning-unlearn") else "train.py"
+
+
 def _dispatch(argv: list[str] | None) -> None:
     _quiet()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS:
-        print(f"usage: train.py {{{','.join(SUBCOMMANDS)}}} --config CONFIG [options]  (add --help for options)")
+        print(f"usage: {program_name()} {{{','.join(SUBCOMMANDS)}}} --config CONFIG [options]"
+              "  (add --help for options)\n"
+              "  CONFIG: a YAML file, or a shipped config's name such as tinyworld/esd_styles_sequential")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
+    if command in ("pretrain", "unlearn"):
+        # Before LightningCLI sees them: jsonargparse opens --config values as paths.
+        rest = resolve_config_args(rest)
     if command == "pretrain":
         pretrain(rest)
     elif command == "study":

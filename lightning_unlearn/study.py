@@ -1,6 +1,7 @@
 """Studies: several streams (protocol x method x regularizer stack x domain) run in turn.
 
-``python train.py study --config configs/tinyworld/study_styles.yaml``
+``python train.py study --config configs/tinyworld/study_styles.yaml`` (or, from any folder,
+``lightning-unlearn study --config tinyworld/study_styles``)
 
 A study config is YAML::
 
@@ -13,11 +14,11 @@ A study config is YAML::
       - name: simultaneous
         args: [--config, configs/tinyworld/esd_styles_sequential.yaml, --stream.protocol=simultaneous]
 
-Each run is ``train.py unlearn <args> <common> --stream.run_dir=root/<name>`` in its own
-process (a crash or a DDP launch in one run cannot leak into the next). A run whose ledger
-says every request is complete is skipped without starting; an unfinished one resumes where
-it stopped (the stream's own resume). Failed runs are reported at the end and make the study
-exit non-zero; the others still run.
+Each run is ``python -m lightning_unlearn unlearn <args> <common> --stream.run_dir=root/<name>``
+in its own process, in the current folder (a crash or a DDP launch in one run cannot leak into
+the next). A run whose ledger says every request is complete is skipped without starting; an
+unfinished one resumes where it stopped (the stream's own resume). Failed runs are reported at
+the end and make the study exit non-zero; the others still run.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from typing import Any
 import yaml
 
 from lightning_unlearn.checks import ArgumentParser
+from lightning_unlearn.config_names import resolve_config
 from lightning_unlearn.errors import UnlearnError
 
-REPO = Path(__file__).resolve().parents[1]
 STUDY_KEYS = {"root", "common", "report", "runs"}
 RUN_KEYS = {"name", "args"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -127,10 +128,14 @@ def run_study(study: Study, python: str = sys.executable) -> dict[str, Any]:
             print(f"[study] {run.name}: finished already, skipped", flush=True)
             statuses[run.name] = {"status": "skipped (finished)"}
             continue
-        command = [python, str(REPO / "train.py"), "unlearn", *run.args, *study.common, f"--stream.run_dir={run_dir}"]
+        # The package's module, not the checkout's train.py: a wheel install has no checkout. It
+        # runs in this folder, where the root and the study's paths are; a repository-relative
+        # config (configs/tinyworld/...) that is not here resolves to the shipped one.
+        command = [python, "-m", "lightning_unlearn", "unlearn", *run.args, *study.common,
+                   f"--stream.run_dir={run_dir}"]
         print(f"[study] {run.name}: {' '.join(command[1:])}", flush=True)
         started = time.perf_counter()
-        code = subprocess.call(command, cwd=REPO)
+        code = subprocess.call(command)
         seconds = round(time.perf_counter() - started, 1)
         statuses[run.name] = {"status": "finished" if code == 0 else f"failed (exit {code})", "seconds": seconds}
         print(f"[study] {run.name}: {statuses[run.name]['status']} in {seconds:.0f}s", flush=True)
@@ -156,7 +161,7 @@ def main(args: list[str]) -> None:
                              "repeat it for several, e.g. --extra=--stream.evaluate_every=4")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     ns = parser.parse_args(args)
-    study = Study.load(ns.config)
+    study = Study.load(resolve_config(ns.config))
     study.common = [*study.common, *ns.extra]
     study.report = study.report and not ns.no_report
     if ns.only is not None:
