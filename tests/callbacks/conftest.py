@@ -53,11 +53,12 @@ Serve = Callable[..., Trainer]
 
 @pytest.fixture
 def serve() -> Serve:
-    """``serve(module, data, callbacks, trainable=None)``: train every request of ``data`` in turn
-    on one Trainer (as ``StreamRunner`` does, without evaluation); returns the trainer."""
+    """``serve(module, data, callbacks, trainable=None, stop_after=None, start=0)``: train the
+    requests ``start .. stop_after - 1`` of ``data`` (default: all) in turn on one Trainer (as
+    ``StreamRunner`` does, without evaluation); returns the trainer."""
 
     def run(module: UnlearningModule, data: ConceptStreamDataModule, callbacks: list[Callback],
-            trainable: str | None = None, stop_after: int | None = None) -> Trainer:
+            trainable: str | None = None, stop_after: int | None = None, start: int = 0) -> Trainer:
         if trainable is not None:
             module.trainable = trainable
         trainer = Trainer(
@@ -67,7 +68,7 @@ def serve() -> Serve:
         )
         trainer.datamodule = data
         last = len(data.requests) if stop_after is None else stop_after
-        for index in range(last):
+        for index in range(start, last):
             seed_everything(index, verbose=False)
             data.set_position(index)
             request = data.requests[index]

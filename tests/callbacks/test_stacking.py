@@ -63,3 +63,27 @@ def test_two_identical_instances_need_names():
     named = [SelectiveFineTuning(name="topk_a"), SelectiveFineTuning(name="topk_b")]
     Trainer(callbacks=named, logger=False, enable_checkpointing=False)
     assert named[0].state_key != named[1].state_key and named[0].log_prefix == "topk_a"
+
+
+def test_inverse_ewc_trajectory_and_replay_stack_with_an_anchor_over_two_requests(tmp_path):
+    run = tmp_path / "run"
+    main([
+        "unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
+        "--trainer.callbacks+=configs/tinyworld/callbacks/inverse_ewc_esd.yaml",
+        "--trainer.callbacks+=configs/tinyworld/callbacks/trajectory_esd.yaml",
+        "--trainer.callbacks+=configs/tinyworld/callbacks/replay.yaml",
+        "--trainer.callbacks+=configs/tinyworld/callbacks/l2_esd.yaml",
+        "--data.requests=[Van Gogh, Picasso]", f"--stream.run_dir={run}", *FAST,
+    ])
+    folders = sorted(p for p in (run / "requests").iterdir() if p.is_dir() and not p.name.startswith("00"))
+    assert len(folders) == 2, folders
+    for index, folder in enumerate(folders):
+        records = {stem: json.loads((folder / f"{stem}.json").read_text())
+                   for stem in ("inverse_ewc_l2", "trajectory_l2", "replay")}
+        # Request 1 has no importance yet; request 2 is penalised by both.
+        for stem in ("inverse_ewc_l2", "trajectory_l2"):
+            assert records[stem]["penalty_active"] is (index == 1)
+            assert records[stem]["penalty_steps"] == (3 if index == 1 else 0)
+        assert records["replay"]["steps"] == 3 and records["replay"]["replay_mse_last"] > 0
+    rows = json.loads((run / "results.json").read_text())
+    assert [r["concept"] for r in rows] == ["base", "Van Gogh", "Picasso"]
