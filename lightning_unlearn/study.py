@@ -22,7 +22,6 @@ exit non-zero; the others still run.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import yaml
 
 from lightning_unlearn.checks import ArgumentParser
 from lightning_unlearn.errors import UnlearnError
+from lightning_unlearn.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_KEYS = {"root", "common", "report", "runs"}
@@ -108,13 +108,8 @@ class Study:
 
 
 def is_finished(run_dir: Path) -> bool:
-    """Every request of the run is in its ledger."""
-    try:
-        described = json.loads((run_dir / "run.json").read_text())
-        ledger = json.loads((run_dir / "ledger.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
-    return len(ledger.get("completed", [])) == len(described.get("requests", [None]))
+    """Every request of the run is in its ledger (:meth:`RunFolder.is_finished`)."""
+    return RunFolder(run_dir).is_finished()
 
 
 def run_study(study: Study, python: str = sys.executable) -> dict[str, Any]:
