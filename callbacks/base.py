@@ -2,9 +2,8 @@
 
 ``serve_request`` (:mod:`lightning_unlearn.serving`) calls ``on_request_start`` after the module
 has frozen its reference and prepared the method, and *before* ``trainer.fit`` builds the
-optimizer (so a callback can
-freeze tensors with ``requires_grad=False`` in time); ``on_request_end`` after the request's
-training, before its weights are saved and evaluated. Every process of a DDP run calls both.
+optimizer (so a callback can freeze tensors with ``requires_grad=False`` in time);
+``on_request_end`` after the request's training, before its weights are saved and evaluated. Every process of a DDP run calls both.
 """
 
 from __future__ import annotations
