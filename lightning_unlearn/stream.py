@@ -47,7 +47,7 @@ from lightning_unlearn.preemption import (
 from lightning_unlearn.protocols import MergeSettings, ProtocolName, RequestPlan, SimultaneousSettings, plan_request
 from lightning_unlearn.request_checkpoints import AtomicCheckpointIO, RequestCheckpoints, clear_checkpoints, latest_checkpoint
 from lightning_unlearn.run_folder import (
-    MANIFEST_FILE, MERGED_FILE, METRIC_NAMES, METRICS_FILE, WEIGHTS_FILE, RunFolder, RunFolderBusyError,
+    FAILED_FILE, MANIFEST_FILE, MERGED_FILE, METRIC_NAMES, METRICS_FILE, WEIGHTS_FILE, RunFolder, RunFolderBusyError,
     check_run_dir, result_row,
 )
 from lightning_unlearn.semantic_analysis import analyse_request
@@ -340,7 +340,7 @@ class StreamRunner:
         raise RequestFailedError(
             f"request {index + 1} ({request.kind} {request.concept!r}) stopped at step {step} of {cap}: {error}. "
             f"Nothing of it was committed ({self.run_dir} keeps {last} weights; the failure is in "
-            f"{self.folder.request_dir(index, request) / 'FAILED.json'}): fix the configuration (e.g. a smaller learning "
+            f"{self.folder.request_dir(index, request) / FAILED_FILE}): fix the configuration (e.g. a smaller learning "
             "rate) and re-run the same command to retry the request from its start"
         ) from error
 
