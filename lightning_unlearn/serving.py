@@ -125,13 +125,7 @@ def serve_request(
         if on_failure is not None:
             on_failure(error, trainer.global_step - start_step + 1)
         raise
-    if checkpoints is not None and checkpoints.preempted_at is not None:
-        raise StreamStopped(
-            f"the re-run resumes at request {plan.index + 1} ({plan.request.concept}), step "
-            f"{checkpoints.preempted_at} of {cap}", EXIT_PREEMPTED, requeue=True,
-        )
-    if trainer.interrupted:  # any other way out of fit that Lightning swallowed
-        raise StreamStopped(f"interrupted: {_not_committed(plan)}", EXIT_SIGTERM)
+    _stop_if_fit_was_cut_short(trainer, plan, cap, checkpoints)
     for callback in request_callbacks(trainer):
         callback.on_request_end(trainer, module)
     for callback in request_callbacks(trainer):
@@ -185,6 +179,19 @@ def fit_request(trainer: Trainer, module: LightningModule, data: LightningDataMo
     finally:
         for callback in callbacks:
             trainer.callbacks.remove(callback)
+
+
+def _stop_if_fit_was_cut_short(trainer: Trainer, plan: RequestPlan, cap: int,
+                               checkpoints: RequestCheckpoints | None) -> None:
+    """:class:`StreamStopped` when the fit ended before its steps for a reason other than a
+    callback's decision: a pre-emption (checkpointed: requeue) or an interruption Lightning swallowed."""
+    if checkpoints is not None and checkpoints.preempted_at is not None:
+        raise StreamStopped(
+            f"the re-run resumes at request {plan.index + 1} ({plan.request.concept}), step "
+            f"{checkpoints.preempted_at} of {cap}", EXIT_PREEMPTED, requeue=True,
+        )
+    if trainer.interrupted:
+        raise StreamStopped(f"interrupted: {_not_committed(plan)}", EXIT_SIGTERM)
 
 
 def _not_committed(plan: RequestPlan | None) -> str:
