@@ -48,6 +48,7 @@ def main() -> None:
     from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
     from lightning_unlearn.methods import ESD
     from lightning_unlearn.protocols import plan_request
+    from lightning_unlearn.serving import attach_datamodule
     from lightning_unlearn.unlearning_module import UnlearningModule
 
     class StepTimer(Callback):
@@ -79,11 +80,12 @@ def main() -> None:
     data = ConceptStreamDataModule(requests=["Abstractionism", "Byzantine", "Cartoon"], batch_size=batch,
                                    steps_per_request=steps)
     index = 2
-    data.set_position(index)
-    request = data.requests[index]
+    plan = plan_request(data.requests, index, "sequential")
+    data.begin_request(plan)
+    request = plan.request
     seed_everything(index, verbose=False)
     started = time.perf_counter()
-    module.begin_request(plan_request(data.requests, index, "sequential"), data.erase_captions(request))
+    module.begin_request(plan, data.erase_captions(request))
     bank_seconds = time.perf_counter() - started
     start_state = {k: v.clone() for k, v in module.trainable_state().items()}
 
@@ -103,7 +105,7 @@ def main() -> None:
                 enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
                 limit_val_batches=0, callbacks=[*make(), timer],
             )
-            trainer.datamodule = data
+            attach_datamodule(trainer, data)  # the hooks below run before any fit, as in serve_request
             seed_everything(index, verbose=False)
             started = time.perf_counter()
             for callback in request_callbacks(trainer):

@@ -13,7 +13,6 @@ of batch 16, 25 DDIM steps, guidance 3, 64 bank trajectories, the evaluation set
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -48,6 +47,7 @@ def main() -> None:
     request = "Van Gogh" if args.quick else args.request
 
     from lightning_unlearn.cli import main as cli_main
+    from lightning_unlearn.run_folder import RunFolder
 
     print(machine_line())
     rows: dict[str, list[dict]] = {s: [] for s in SOURCES}
@@ -56,7 +56,7 @@ def main() -> None:
             for source in SOURCES:
                 run_dir = Path(root) / f"{source}-{rep}"
                 cli_main(stream_args(run_dir, Path(root) / "eval_cache", source, request, args.quick))
-                result = json.loads((run_dir / "results.json").read_text())
+                result = RunFolder(run_dir).read_results()
                 rows[source].append(result[-1])
     print(f"\nESD request {request!r}, {repeats} run(s) per source, alternating; medians\n")
     out = []

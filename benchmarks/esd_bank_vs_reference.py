@@ -28,7 +28,6 @@ a reference step costs 18.4x a bank step in CPU time (17.4x wall), bank build in
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -105,6 +104,7 @@ def stream_args(run_dir: Path, cache_dir: Path, source: str, requests: list[str]
 def run_stream(args) -> None:
     """A short sequential stream with each source: request times and the final UA / IRA / CRA."""
     from lightning_unlearn.cli import main as cli_main
+    from lightning_unlearn.run_folder import RunFolder
 
     requests = (QUICK_STYLES[:2] if args.quick else DEFAULT_REQUESTS[: args.requests])
     print(machine_line())
@@ -113,7 +113,7 @@ def run_stream(args) -> None:
         for source in SOURCES:
             run_dir = Path(root) / source
             cli_main(stream_args(run_dir, Path(root) / "eval_cache", source, requests, args.quick))
-            results = json.loads((run_dir / "results.json").read_text())
+            results = RunFolder(run_dir).read_results()
             served = [r for r in results if r["train_steps"]]  # results.json starts with the base's row
             train[source] = [r["train_seconds"] for r in served]
             last = results[-1]

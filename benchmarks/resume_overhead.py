@@ -17,7 +17,6 @@ resume bookkeeping at all). The stream cannot run without its ledger and atomic 
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -43,20 +42,23 @@ def stream_args(run_dir: Path, steps: int, every: int | None) -> list[str]:
 
 def commit_seconds(run_dir: Path, repeats: int = 5) -> float:
     """Median time of one request's atomic commit (weights + manifest + results + ledger)."""
-    from lightning_unlearn.atomic_io import load_weights, save_weights, write_json
+    from lightning_unlearn.atomic_io import save_weights, write_json
+    from lightning_unlearn.ledger import read_ledger
+    from lightning_unlearn.run_folder import MANIFEST_FILE, WEIGHTS_FILE, RunFolder
 
-    weights = load_weights(next((run_dir / "requests").glob("01-*/weights.safetensors")))
-    ledger = json.loads((run_dir / "ledger.json").read_text())
-    rows = json.loads((run_dir / "results.json").read_text())
+    run = RunFolder(run_dir)
+    ledger = read_ledger(run.path)
+    weights = run.verified_weights(ledger["completed"][0])
+    rows = run.read_results()
     times = []
     with tempfile.TemporaryDirectory(dir=run_dir) as scratch:
-        out = Path(scratch)
+        out = RunFolder(scratch)  # the same writes as a commit, into a scratch folder
         for _ in range(repeats):
             started = time.perf_counter()
-            sha = save_weights(weights, out / "weights.safetensors")
-            write_json({"sha256": sha, "keys": len(weights)}, out / "manifest.json")
-            write_json(rows, out / "results.json")
-            write_json(ledger, out / "ledger.json")
+            sha = save_weights(weights, out.path / WEIGHTS_FILE)
+            write_json({"sha256": sha, "keys": len(weights)}, out.path / MANIFEST_FILE)
+            out.write_results(rows)
+            out.write_ledger(ledger)
             times.append(time.perf_counter() - started)
     return median(times)
 
@@ -73,6 +75,7 @@ def main() -> None:
 
     from lightning_unlearn.cli import _quiet
     from lightning_unlearn.cli import main as cli_main
+    from lightning_unlearn.run_folder import RunFolder
 
     _quiet()
     quiet_lightning()
@@ -84,7 +87,7 @@ def main() -> None:
             for every in variants:
                 run = Path(root) / f"{every}-{repeat}"
                 cli_main(stream_args(run, args.steps, every))
-                rows = json.loads((run / "results.json").read_text())[1:]
+                rows = RunFolder(run).read_results()[1:]
                 train[every] += [r["train_seconds"] for r in rows]
                 commit[every].append(commit_seconds(run))
 

@@ -31,6 +31,7 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
 
     from lightning_unlearn.cli import main as cli_main
+    from lightning_unlearn.run_folder import RunFolder
 
     print(machine_line())
     rows = []
@@ -50,7 +51,7 @@ def main() -> None:
             started = time.perf_counter()
             cli_main(cli)
             total = time.perf_counter() - started
-            results = json.loads((run_dir / "results.json").read_text())
+            results = RunFolder(run_dir).read_results()
             settings = json.loads((run_dir / "stream_settings.json").read_text())["evaluation"]
             last = results[-1]
             rows.append([rep + 1, len(results) - 1, f"{settings['sampler']} {settings['steps']}", total / 60,

@@ -1,9 +1,9 @@
 """RequestCallback: a Lightning Callback that also hears when a request starts and ends.
 
-The stream runner calls ``on_request_start`` after the module has frozen its reference and
-prepared the method, and *before* ``trainer.fit`` builds the optimizer (so a callback can
-freeze tensors with ``requires_grad=False`` in time); ``on_request_end`` after the request's
-training, before its weights are saved and evaluated. Every process of a DDP run calls both.
+``serve_request`` (:mod:`lightning_unlearn.serving`) calls ``on_request_start`` after the module
+has frozen its reference and prepared the method, and *before* ``trainer.fit`` builds the
+optimizer (so a callback can freeze tensors with ``requires_grad=False`` in time);
+``on_request_end`` after the request's training, before its weights are saved and evaluated. Every process of a DDP run calls both.
 """
 
 from __future__ import annotations

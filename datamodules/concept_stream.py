@@ -1,7 +1,9 @@
 """ConceptStreamDataModule: unlearning requests, in order, one at a time.
 
-The stream runner moves it from request to request (``set_position``); Lightning then asks it
-for the current request's training data. A training sample is a caption naming the concept
+The serve function (:func:`lightning_unlearn.serving.serve_request`) hands it each request's
+plan (``begin_request``): the plan is the one record of the current request's state, shared by
+reference with the module (``UnlearningModule.begin_request``); Lightning then asks the
+datamodule for that request's training data. A training sample is a caption naming the concept
 and a seed (the method turns the seed into noise, a timestep, a bank draw...). Its position in
 the stream and the requests already served are in its ``state_dict``.
 """
@@ -17,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_unlearn.checks import at_least
 from lightning_unlearn.prompts import PromptTemplates
+from lightning_unlearn.protocols import RequestPlan
 from lightning_unlearn.requests import ConceptVocabulary, Request, RequestError, drop_already_unlearned
 # The datamodule is where a stream meets its world: the tiny world supplies the defaults
 # (requests, styles, objects) so the generic vocabulary needs none.
@@ -144,28 +147,39 @@ class ConceptStreamDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.steps_per_request = steps_per_request
         self.seed = seed
-        self.position = 0
-        self.erasing: list[Request] = [self.requests[0]]
-        """Requests the current training erases (set with the position; several under the
-        simultaneous protocol)."""
+        self.plan: RequestPlan | None = None
+        """The plan of the request being served (``None`` before the first: request 1 alone is
+        then the training data). Set with :meth:`begin_request`; the module holds the same object."""
         self.train_steps = steps_per_request
         """Optimizer steps the current request may train (the simultaneous protocol's cap can
-        exceed ``steps_per_request``)."""
+        exceed ``steps_per_request``); set with the plan."""
 
     # -- the stream --------------------------------------------------------------------------
+    def begin_request(self, plan: RequestPlan, train_steps: int | None = None) -> None:
+        """Serve ``plan``'s request next: its training data are the captions of ``plan.erasing``,
+        for at most ``train_steps`` optimizer steps (default: ``steps_per_request``)."""
+        if not 0 <= plan.index < len(self.requests) or self.requests[plan.index] != plan.request:
+            raise RequestError(
+                f"plan for request {plan.index + 1} ({plan.request.concept!r}) is not this stream's "
+                f"({[r.concept for r in self.requests]})"
+            )
+        self.plan = plan
+        self.train_steps = int(train_steps) if train_steps is not None else self.steps_per_request
+
+    @property
+    def position(self) -> int:
+        """0-based index of the request being served (0 before the first plan)."""
+        return 0 if self.plan is None else self.plan.index
+
     @property
     def current_request(self) -> Request:
         """The request being served."""
         return self.requests[self.position]
 
-    def set_position(self, index: int, erasing: list[Request] | None = None, train_steps: int | None = None) -> None:
-        """Move to request ``index`` (0-based), training on the captions of ``erasing``
-        (default: that request alone) for at most ``train_steps`` (default: ``steps_per_request``)."""
-        if not 0 <= index < len(self.requests):
-            raise IndexError(f"request index {index} outside the stream of {len(self.requests)}")
-        self.position = index
-        self.erasing = list(erasing) if erasing is not None else [self.requests[index]]
-        self.train_steps = int(train_steps) if train_steps is not None else self.steps_per_request
+    @property
+    def erasing(self) -> tuple[Request, ...]:
+        """Requests the current training erases (several under the simultaneous protocol)."""
+        return (self.requests[0],) if self.plan is None else self.plan.erasing
 
     def training_captions(self) -> list[str]:
         """Captions of every concept the current training erases, concept by concept."""
@@ -211,15 +225,47 @@ class ConceptStreamDataModule(LightningDataModule):
         return max(1, int(trainer.world_size)), int(trainer.global_rank)
 
     def state_dict(self) -> dict[str, Any]:
+        """The stream and the current plan (a mid-request checkpoint's record of what it trains)."""
+        plan = self.plan
         return {"position": self.position, "requests": [vars(r) for r in self.requests],
-                "erasing": [vars(r) for r in self.erasing], "train_steps": self.train_steps}
+                "erasing": [vars(r) for r in self.erasing], "train_steps": self.train_steps,
+                "plan": None if plan is None else {
+                    "already_erased": [vars(r) for r in plan.already_erased], "from_base": plan.from_base,
+                    "scored_erased": [vars(r) for r in plan.scored_erased]}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a saved position. When a plan is set already (the serve function sets it
+        before a resumed ``fit`` restores the checkpoint) the saved one must agree with it and
+        the plan object is kept, shared with the module; otherwise the saved plan is adopted."""
         saved = [Request(**r) for r in state_dict["requests"]]
         if saved != self.requests:
             raise RequestError(
                 "the saved stream differs from the configured one: saved "
                 f"{[r.concept for r in saved]}, configured {[r.concept for r in self.requests]}"
             )
-        erasing = [Request(**r) for r in state_dict["erasing"]] if "erasing" in state_dict else None
-        self.set_position(int(state_dict["position"]), erasing=erasing, train_steps=state_dict.get("train_steps"))
+        index = int(state_dict["position"])
+        if not 0 <= index < len(self.requests):
+            raise IndexError(f"request index {index} outside the stream of {len(self.requests)}")
+        erasing = tuple(Request(**r) for r in state_dict.get("erasing", [vars(self.requests[index])]))
+        train_steps = int(state_dict.get("train_steps") or self.steps_per_request)
+        if self.plan is not None:
+            if (self.plan.index, self.plan.erasing, self.train_steps) != (index, erasing, train_steps):
+                raise RequestError(
+                    f"the saved position (request {index + 1}, erasing {[r.concept for r in erasing]}, {train_steps} "
+                    f"steps) is not the request being served (request {self.plan.index + 1}, erasing "
+                    f"{[r.concept for r in self.plan.erasing]}, {self.train_steps} steps)"
+                )
+            return
+        self.begin_request(_saved_plan(self.requests, index, erasing, state_dict.get("plan")), train_steps)
+
+
+def _saved_plan(requests: list[Request], index: int, erasing: tuple[Request, ...],
+                saved: dict[str, Any] | None) -> RequestPlan:
+    """The plan a datamodule state names. Checkpoints from before plans were saved hold only the
+    erased concepts: the rest is read as the sequential protocol's (earlier requests erased)."""
+    if saved is None:
+        return RequestPlan(index, requests[index], erasing, tuple(requests[:index]), False, tuple(requests[: index + 1]))
+    return RequestPlan(
+        index, requests[index], erasing, tuple(Request(**r) for r in saved["already_erased"]),
+        bool(saved["from_base"]), tuple(Request(**r) for r in saved["scored_erased"]),
+    )

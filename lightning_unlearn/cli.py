@@ -13,7 +13,7 @@ file or the name of a shipped config (``tinyworld/esd_styles_sequential``; see
 - ``report``: compare run folders in one self-contained HTML page and Markdown (see
   ``lightning_unlearn.report``; plain argparse, ``train.py report --help``).
 - ``verify``: audit a run folder against its ledger: every recorded file's sha256, the
-  ledger's structure, unexpected files (see ``lightning_unlearn.ledger``; ``train.py verify --help``).
+  ledger's structure, unexpected files (see ``lightning_unlearn.verify``; ``train.py verify --help``).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _dispatch(argv: list[str] | None) -> None:
 
         report(rest)
     elif command == "verify":
-        from lightning_unlearn.ledger import main as verify
+        from lightning_unlearn.verify import main as verify
 
         verify(rest)
     else:

@@ -9,7 +9,8 @@
   of model merging: with ``merge`` set, the model evaluated after request k is the merge of the
   task vectors of requests 1..k.
 
-All three share one training path (``StreamRunner``); a protocol only decides the plan below.
+All three share one training path (:func:`lightning_unlearn.serving.serve_request`); a protocol
+only decides the plan below.
 """
 
 from __future__ import annotations

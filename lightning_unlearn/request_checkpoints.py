@@ -31,11 +31,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_unlearn.atomic_io import file_sha256, write_bytes, write_json
 from lightning_unlearn.errors import UnlearnError
+from lightning_unlearn.run_folder import CHECKPOINTS_DIR, checkpoint_file_name, checkpoint_stem
 
 if TYPE_CHECKING:
     from lightning_unlearn.preemption import PreemptionSignal
-
-CHECKPOINT_DIR = "checkpoints"
 
 
 class CheckpointMismatchError(UnlearnError, RuntimeError):
@@ -76,12 +75,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR
+    """``<run_dir>/checkpoints/``."""
+    return Path(run_dir) / CHECKPOINTS_DIR
 
 
 def record_path(run_dir: Path, index: int) -> Path:
     """``checkpoints/request-NN.json`` of request ``index`` (0-based; NN as in ``requests/NN-...``)."""
-    return checkpoint_dir(run_dir) / f"request-{index + 1:02d}.json"
+    return checkpoint_dir(run_dir) / f"{checkpoint_stem(index)}.json"
 
 
 def latest_checkpoint(run_dir: Path, index: int, expected: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
@@ -113,7 +113,7 @@ def clear_checkpoints(run_dir: Path, index: int | None = None) -> None:
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return
-    stem = f"request-{index + 1:02d}" if index is not None else "request-"
+    stem = checkpoint_stem(index)
     for record in folder.glob(f"{stem}*.json"):
         record.unlink()
     for ckpt in folder.glob(f"{stem}*.ckpt"):
@@ -184,17 +184,17 @@ class RequestCheckpoints(Callback):
     def save(self, trainer: Trainer, done: int) -> None:
         """Checkpoint the request after ``done`` of its steps (every rank calls this)."""
         self._last_saved_step = trainer.global_step
-        name = f"request-{self.index + 1:02d}-step-{done:06d}.ckpt"
+        name = checkpoint_file_name(self.index, done)
         path = checkpoint_dir(self.run_dir) / name
         trainer.save_checkpoint(path, weights_only=False)  # the whole training state, not only the weights
         if trainer.is_global_zero:
             write_json(
                 {**self.record, "request_index": self.index, "steps_done": done,
                  "request_start_step": self.request_start_step, "global_step": trainer.global_step,
-                 "checkpoint": f"{CHECKPOINT_DIR}/{name}", "sha256": self.checkpoint_io.last_sha256},
+                 "checkpoint": f"{CHECKPOINTS_DIR}/{name}", "sha256": self.checkpoint_io.last_sha256},
                 record_path(self.run_dir, self.index),
             )
-            for old in checkpoint_dir(self.run_dir).glob(f"request-{self.index + 1:02d}-step-*.ckpt"):
+            for old in checkpoint_dir(self.run_dir).glob(f"{checkpoint_stem(self.index)}-step-*.ckpt"):
                 if old.name != name:
                     old.unlink()
         trainer.strategy.barrier()

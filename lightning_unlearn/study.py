@@ -23,7 +23,6 @@ the end and make the study exit non-zero; the others still run.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import yaml
 from lightning_unlearn.checks import ArgumentParser
 from lightning_unlearn.config_names import resolve_config
 from lightning_unlearn.errors import UnlearnError
+from lightning_unlearn.run_folder import RunFolder
 
 STUDY_KEYS = {"root", "common", "report", "runs"}
 RUN_KEYS = {"name", "args"}
@@ -109,13 +109,8 @@ class Study:
 
 
 def is_finished(run_dir: Path) -> bool:
-    """Every request of the run is in its ledger."""
-    try:
-        described = json.loads((run_dir / "run.json").read_text())
-        ledger = json.loads((run_dir / "ledger.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
-    return len(ledger.get("completed", [])) == len(described.get("requests", [None]))
+    """Every request of the run is in its ledger (:meth:`RunFolder.is_finished`)."""
+    return RunFolder(run_dir).is_finished()
 
 
 def run_study(study: Study, python: str = sys.executable) -> dict[str, Any]:

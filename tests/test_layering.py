@@ -24,7 +24,7 @@ MAY_IMPORT_TINYWORLD = (
     "lightning_unlearn/tinyworld/",
     "lightning_unlearn/pretraining/",
     "lightning_unlearn/unlearning_module.py",  # builds TinyWorldBackbone when no --model.pretrained
-    "lightning_unlearn/stream.py",  # the runner: the tiny classifier for a tiny backbone
+    "lightning_unlearn/stream_evaluation.py",  # the stream's evaluation: the tiny classifier for a tiny backbone
     "lightning_unlearn/cli.py",
     "datamodules/",  # a stream's data meets its world here (default requests and vocabulary)
 )

@@ -1,25 +1,22 @@
-"""Reading stream run folders (written by ``lightning_unlearn.stream``) into plain records.
+"""Reading stream run folders into plain records for the report.
 
-This module only reads: nothing here draws, formats or writes. Its surface is the records
-(:class:`RunRecord`, :class:`RequestRecord`), :func:`load_run` and :class:`RunFolderError`; the
-helpers below each read one file or one listing, so that they can later be replaced, one by one,
-by the module that owns the run folder's format.
+This module only reads, and only through :mod:`lightning_unlearn.run_folder` (the one owner of
+the folder's names and layout): nothing here draws, formats or writes. Its surface is the
+records (:class:`RunRecord`, :class:`RequestRecord`), :func:`load_run` and :class:`RunFolderError`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lightning_unlearn.errors import UnlearnError
+from lightning_unlearn.run_folder import GRID_FILE, METRIC_NAMES, RunFolder
 
-METRIC_NAMES = ("UA", "UA_latest", "IRA", "CRA", "style_acc", "object_acc")
-"""The evaluation's numbers in each ``results.json`` row, in the stream's column order.
+__all__ = ["METRIC_NAMES", "HEADLINE_METRICS", "RunFolderError", "RequestRecord", "RunRecord", "load_run"]
 
-Defined once for the report; the stream writes the same names (a later step gives both one owner)."""
 HEADLINE_METRICS = ("UA", "IRA", "CRA")
 """The subset of METRIC_NAMES the report plots and sums a run up with."""
 REQUEST_FILES = ("metrics", "drift", "semantic")
@@ -91,7 +88,7 @@ def read_json(path: Path) -> Any:
 
 def read_results(path: Path) -> list[dict[str, Any]]:
     """The rows of ``path/results.json``, checked to be a non-empty list of request rows."""
-    results_path = path / "results.json"
+    results_path = RunFolder(path).results_path
     if not results_path.is_file():
         raise RunFolderError(f"{path} is not a stream run folder: it has no results.json (run `train.py unlearn` first)")
     results = read_json(results_path)
@@ -104,24 +101,13 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 def read_info(path: Path) -> dict[str, Any] | None:
     """``path/run.json`` (protocol, method, callbacks, label); ``None`` for folders written before it existed."""
-    if not (path / "run.json").is_file():
+    info_path = RunFolder(path).run_info_path
+    if not info_path.is_file():
         return None
-    info = read_json(path / "run.json")
+    info = read_json(info_path)
     if not isinstance(info, dict):
-        raise RunFolderError(f"{path / 'run.json'} should be a JSON object")
+        raise RunFolderError(f"{info_path} should be a JSON object")
     return info
-
-
-def request_folders(path: Path) -> dict[int, Path]:
-    """``{request index: folder}`` of ``path/requests/NN-<concept>``; other entries are ignored."""
-    folders: dict[int, Path] = {}
-    if (path / "requests").is_dir():
-        for folder in sorted((path / "requests").iterdir()):
-            # The index is the folder name's numeric prefix, the only part of it the report relies on.
-            match = re.match(r"^(\d+)-", folder.name)
-            if folder.is_dir() and match:
-                folders[int(match.group(1))] = folder
-    return folders
 
 
 def read_request(row: dict[str, Any], folder: Path | None) -> RequestRecord:
@@ -132,7 +118,7 @@ def read_request(row: dict[str, Any], folder: Path | None) -> RequestRecord:
         for name in REQUEST_FILES:
             if (folder / f"{name}.json").is_file():
                 setattr(record, name, read_json(folder / f"{name}.json"))
-        record.grid = folder / "grid.png" if (folder / "grid.png").is_file() else None
+        record.grid = folder / GRID_FILE if (folder / GRID_FILE).is_file() else None
     return record
 
 
@@ -144,6 +130,6 @@ def load_run(path: str | Path) -> RunRecord:
     results = read_results(path)
     info = read_info(path)
     name = str((info or {}).get("label") or path.resolve().name)
-    folders = request_folders(path)
+    folders = RunFolder(path).request_folders()
     requests = [read_request(row, folders.get(int(row["request"]))) for row in results]
     return RunRecord(path=path, name=name, results=results, info=info, requests=requests)

@@ -1,5 +1,5 @@
 """Fixtures for the regularizer callbacks: one tiny-world module, reset to the base per test,
-and a ``serve`` helper that trains requests the way the stream runner does."""
+and a ``serve`` helper that trains requests with the stream's own ``serve_request``."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer
 
-from lightning_unlearn.callbacks.base import request_callbacks
 from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
 from lightning_unlearn.methods import ESD
 from lightning_unlearn.protocols import plan_request
+from lightning_unlearn.serving import serve_request
 from lightning_unlearn.trainable import apply_trainable
 from lightning_unlearn.unlearning_module import UnlearningModule
 
@@ -54,8 +54,9 @@ Serve = Callable[..., Trainer]
 @pytest.fixture
 def serve() -> Serve:
     """``serve(module, data, callbacks, trainable=None, stop_after=None, start=0)``: train the
-    requests ``start .. stop_after - 1`` of ``data`` (default: all) in turn on one Trainer (as
-    ``StreamRunner`` does, without evaluation); returns the trainer."""
+    requests ``start .. stop_after - 1`` of ``data`` (default: all) in turn on one Trainer with
+    :func:`serve_request`, as the stream does (sequential protocol), without evaluation or commit;
+    returns the trainer."""
 
     def run(module: UnlearningModule, data: ConceptStreamDataModule, callbacks: list[Callback],
             trainable: str | None = None, stop_after: int | None = None, start: int = 0) -> Trainer:
@@ -66,19 +67,9 @@ def serve() -> Serve:
             enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0, limit_val_batches=0,
             callbacks=callbacks,
         )
-        trainer.datamodule = data
         last = len(data.requests) if stop_after is None else stop_after
         for index in range(start, last):
-            seed_everything(index, verbose=False)
-            data.set_position(index)
-            request = data.requests[index]
-            module.begin_request(plan_request(data.requests, index, "sequential"), data.erase_captions(request))
-            for callback in request_callbacks(trainer):
-                callback.on_request_start(trainer, module)
-            trainer.fit_loop.epoch_loop.max_steps = trainer.global_step + data.steps_per_request
-            trainer.fit(module, datamodule=data)
-            for callback in request_callbacks(trainer):
-                callback.on_request_end(trainer, module)
+            serve_request(trainer, module, data, plan_request(data.requests, index, "sequential"))
         return trainer
 
     return run

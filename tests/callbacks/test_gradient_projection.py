@@ -43,8 +43,9 @@ def test_near_duplicate_directions_are_dropped_in_order():
 
 def test_protected_set_by_threshold_top_n_vocabulary_and_earlier_requests(module, make_data):
     data = make_data(["Van Gogh", "Picasso"])
-    data.set_position(1)  # serving Picasso; Van Gogh was unlearned
-    module.begin_request(plan_request(data.requests, 1, "sequential"), data.erase_captions(data.requests[1]))
+    plan = plan_request(data.requests, 1, "sequential")  # serving Picasso; Van Gogh was unlearned
+    data.begin_request(plan)
+    module.begin_request(plan, data.erase_captions(data.requests[1]))
     trainer = SimpleNamespace(datamodule=data)
     names = [*data.vocabulary.styles, *data.vocabulary.objects]
     sims = torch.nn.functional.cosine_similarity(embed(module, names), embed(module, ["Picasso"]))

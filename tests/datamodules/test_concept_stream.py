@@ -1,21 +1,29 @@
 import pytest
 
 from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
+from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.requests import Request, RequestError
+
+
+def serve_next(dm: ConceptStreamDataModule, index: int, protocol: str = "sequential", train_steps: int | None = None):
+    """Give ``dm`` the plan of request ``index`` (as serve_request does); returns the plan."""
+    plan = plan_request(dm.requests, index, protocol)
+    dm.begin_request(plan, train_steps)
+    return plan
 
 
 def test_requests_in_order_with_kinds():
     dm = ConceptStreamDataModule(requests=["Van Gogh", {"concept": "star", "kind": "object"}, "Monet"])
     assert dm.requests == [Request("Van Gogh", "style"), Request("star", "object"), Request("Monet", "style")]
     assert dm.current_request.concept == "Van Gogh"
-    dm.set_position(2)
-    assert dm.current_request.concept == "Monet"
+    plan = serve_next(dm, 2)
+    assert dm.current_request.concept == "Monet" and dm.plan is plan
     assert [r.concept for r in dm.served()] == ["Van Gogh", "star"]
 
 
 def test_state_dict_round_trip_and_mismatch():
     dm = ConceptStreamDataModule(requests=["Van Gogh", "Monet", "Cartoon"])
-    dm.set_position(1)
+    serve_next(dm, 1)
     other = ConceptStreamDataModule(requests=["Van Gogh", "Monet", "Cartoon"])
     other.load_state_dict(dm.state_dict())
     assert other.position == 1 and other.current_request.concept == "Monet"
@@ -49,7 +57,7 @@ def test_erase_captions_and_batches():
     assert batches[0]["caption"][0] == "a painting in Van Gogh style"
     seeds_first = [b["seed"].tolist() for b in batches]
     assert seeds_first == [b["seed"].tolist() for b in dm.train_dataloader()]
-    dm.set_position(1)
+    serve_next(dm, 1)
     assert list(dm.train_dataloader())[0]["seed"].tolist() != seeds_first[0]
 
 
@@ -123,7 +131,7 @@ def test_ddp_ranks_serve_the_same_request_and_shard_the_global_batch_in_order(dd
     def batches(rank: int | None, batch_size: int) -> list[list[int]]:
         data = ConceptStreamDataModule(requests=["Monet", "Cartoon"], batch_size=batch_size, steps_per_request=3)
         data.trainer = ddp_trainer(rank, devices=2)
-        data.set_position(1)
+        serve_next(data, 1)
         return _lightning_batches(data)
 
     single = batches(None, 4)
@@ -165,7 +173,36 @@ def test_the_request_loader_resumes_after_the_batches_it_served():
 
 def test_the_stream_state_restores_what_the_current_training_erases():
     dm = ConceptStreamDataModule(requests=["Van Gogh", "Monet", "Cartoon"], steps_per_request=4)
-    dm.set_position(2, erasing=dm.requests[:3], train_steps=9)
+    plan = serve_next(dm, 2, "simultaneous", train_steps=9)
+    assert dm.erasing == tuple(dm.requests[:3]) and dm.training_captions()[0] == "a painting in Van Gogh style"
     other = ConceptStreamDataModule(requests=["Van Gogh", "Monet", "Cartoon"], steps_per_request=4)
     other.load_state_dict(dm.state_dict())
-    assert other.position == 2 and other.erasing == dm.requests[:3] and other.train_steps == 9
+    assert other.plan == plan and other.position == 2 and other.train_steps == 9
+
+
+def test_a_resumed_fit_keeps_the_plan_it_was_given_and_refuses_another_request_s_state():
+    # serve_request gives the datamodule its plan before fit(ckpt_path) restores the checkpoint:
+    # the plan object (shared with the module) stays, and a state of another request is refused.
+    dm = ConceptStreamDataModule(requests=["Van Gogh", "Monet", "Cartoon"], steps_per_request=4)
+    serve_next(dm, 1)
+    saved = dm.state_dict()
+    resumed = ConceptStreamDataModule(requests=["Van Gogh", "Monet", "Cartoon"], steps_per_request=4)
+    plan = serve_next(resumed, 1)
+    resumed.load_state_dict(saved)
+    assert resumed.plan is plan
+    serve_next(resumed, 2)
+    with pytest.raises(RequestError, match="is not the request being served"):
+        resumed.load_state_dict(saved)
+
+
+def test_a_state_saved_before_plans_were_recorded_still_loads():
+    dm = ConceptStreamDataModule(requests=["Van Gogh", "Monet", "Cartoon"], steps_per_request=4)
+    old = {"position": 1, "requests": [vars(r) for r in dm.requests], "erasing": [vars(dm.requests[1])], "train_steps": 4}
+    dm.load_state_dict(old)
+    assert dm.plan == plan_request(dm.requests, 1, "sequential") and dm.train_steps == 4
+
+
+def test_a_plan_of_another_stream_is_refused():
+    dm = ConceptStreamDataModule(requests=["Van Gogh", "Monet"])
+    with pytest.raises(RequestError, match="is not this stream's"):
+        dm.begin_request(plan_request([Request("Cartoon", "style"), Request("Monet", "style")], 0, "sequential"))

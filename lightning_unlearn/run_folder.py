@@ -1,0 +1,308 @@
+"""The run folder's format: its layout, lock, ledger, results table and ``run.json``.
+
+Everything a stream writes lands in one folder; this module is the only one that knows its
+names. The stream writes through it, and the report, the study runner and ``train.py verify``
+read through it::
+
+    <run_dir>/
+      .lock                         held (flock) by the process serving the stream
+      stream_settings.json          the --stream settings of the last start
+      run.json                      protocol, method, callbacks, requests (read by reports, studies)
+      ledger.json                   the committed requests and the sha256 of their files
+      results.csv  results.json     one row per evaluated model (RESULT_COLUMNS)
+      requests/00-base/             the base model's metrics.json, grid.png
+      requests/NN-<slug>/           weights.safetensors, merged.safetensors (--stream.merge),
+                                    manifest.json, metrics.json, grid.png, <record>.json of the
+                                    request callbacks, FAILED.json of a failed attempt
+      checkpoints/                  request-NN-step-SSSSSS.ckpt + request-NN.json (mid-request)
+      anchors/                      data methods cache across requests (Concept Ablation)
+      tensorboard/                  the default logger
+
+Every file is written atomically (:mod:`lightning_unlearn.atomic_io`); ``ledger.json`` is written
+last in a commit. The ledger's structure and the sha256 checks of the files it records live in
+:mod:`lightning_unlearn.ledger`; :class:`RunFolder` reads and writes it through them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from lightning_unlearn.atomic_io import file_sha256, load_weights, write_json, write_text
+from lightning_unlearn.errors import SettingsError, UnlearnError
+from lightning_unlearn.ledger import LEDGER_NAME, LedgerMismatchError, read_ledger, verified_path, verify_committed_files
+from lightning_unlearn.requests import Request
+
+if TYPE_CHECKING:
+    import torch
+
+METRIC_NAMES = ("UA", "UA_latest", "IRA", "CRA", "style_acc", "object_acc")
+"""The evaluation's numbers in each results row (and ``metrics.json``), in column order."""
+RESULT_COLUMNS = (
+    "request", "concept", "kind", *METRIC_NAMES,
+    "train_steps", "cumulative_steps", "train_seconds", "eval_seconds", "drift_to_base", "drift_to_previous",
+    "similarity_drop_r",
+)
+"""Columns of ``results.csv`` (``results.json`` rows hold the same keys, unformatted)."""
+
+REQUESTS_DIR = "requests"
+BASE_FOLDER = "00-base"
+CHECKPOINTS_DIR = "checkpoints"
+ANCHORS_DIR = "anchors"
+LOCK_NAME = ".lock"
+RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
+RUN_INFO_NAME = "run.json"
+SETTINGS_NAME = "stream_settings.json"
+WEIGHTS_FILE, MERGED_FILE = "weights.safetensors", "merged.safetensors"
+METRICS_FILE, GRID_FILE, MANIFEST_FILE, FAILED_FILE = "metrics.json", "grid.png", "manifest.json", "FAILED.json"
+
+_REQUEST_FOLDER = re.compile(r"^(\d+)-(.+)$")
+_CHECKPOINT_FILE = re.compile(r"^request-(\d+)")
+
+
+class RunFolderBusyError(UnlearnError, RuntimeError):
+    """Another process is serving a stream into the same run folder."""
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """A :class:`SettingsError` when ``run_dir`` cannot be a run folder: empty, an existing
+    file, or below one (checked before anything else, so nothing is loaded or written)."""
+    if not str(run_dir).strip():
+        raise SettingsError("--stream.run_dir is empty: give the run folder's path")
+    path = Path(run_dir)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is an existing file" if folder == path else f"is inside {folder}, which is a file"
+                raise SettingsError(f"--stream.run_dir {path} {where}, not a folder: give a folder's path")
+            return
+
+
+# -- names ----------------------------------------------------------------------------------------
+def request_folder_name(index: int, request: Request | None) -> str:
+    """``00-base`` for the base model (``request`` None), ``NN-<slug>`` for the 0-based ``index``."""
+    return BASE_FOLDER if request is None else f"{index + 1:02d}-{request.slug}"
+
+
+def parse_request_folder(name: str) -> tuple[int, str] | None:
+    """The inverse of :func:`request_folder_name`: ``(request number, slug)`` (0 = the base), or
+    ``None`` for a name that is not a request folder's."""
+    match = _REQUEST_FOLDER.match(name)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def checkpoint_file_name(index: int, steps_done: int) -> str:
+    """``request-NN-step-SSSSSS.ckpt``: request ``index``'s (0-based) checkpoint after ``steps_done``."""
+    return f"{checkpoint_stem(index)}-step-{steps_done:06d}.ckpt"
+
+
+def checkpoint_stem(index: int | None) -> str:
+    """The prefix of every checkpoint file of request ``index`` (0-based; all requests' if ``None``)."""
+    return "request-" if index is None else f"request-{index + 1:02d}"
+
+
+def checkpoint_request_number(name: str) -> int | None:
+    """The request number (1-based) a ``checkpoints/`` file belongs to, ``None`` if not one of ours."""
+    match = _CHECKPOINT_FILE.match(name)
+    return int(match.group(1)) if match else None
+
+
+# -- results --------------------------------------------------------------------------------------
+def result_row(number: int, request: Request | None, metrics: dict[str, Any], steps: int, cumulative: int,
+               train_seconds: float, eval_seconds: float) -> dict[str, Any]:
+    """One results row: request ``number`` (0 = the base model, ``request`` None)."""
+    return {
+        "request": number,
+        "concept": "base" if request is None else request.concept,
+        "kind": "" if request is None else request.kind,
+        **{k: metrics[k] for k in METRIC_NAMES},
+        "train_steps": steps,
+        "cumulative_steps": cumulative,
+        "train_seconds": round(train_seconds, 2),
+        "eval_seconds": round(eval_seconds, 2),
+    }
+
+
+def results_csv(rows: list[dict[str, Any]]) -> str:
+    """``results.csv``'s text: RESULT_COLUMNS, floats with two decimals, other keys left out."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+class RunFolder:
+    """One run folder (see the module docstring): paths, lock, ledger, results, ``run.json``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock_handle: IO[str] | None = None
+
+    # -- layout -------------------------------------------------------------------------------
+    @property
+    def ledger_path(self) -> Path:
+        """``ledger.json``."""
+        return self.path / LEDGER_NAME
+
+    @property
+    def run_info_path(self) -> Path:
+        """``run.json``."""
+        return self.path / RUN_INFO_NAME
+
+    @property
+    def results_path(self) -> Path:
+        """``results.json`` (the unformatted table; ``results.csv`` is its formatted copy)."""
+        return self.path / RESULTS_JSON
+
+    @property
+    def checkpoints(self) -> Path:
+        """``checkpoints/``: mid-request checkpoints and their records."""
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def anchors(self) -> Path:
+        """``anchors/``: where methods cache data across requests (``begin_request``'s cache_dir)."""
+        return self.path / ANCHORS_DIR
+
+    def request_dir(self, index: int, request: Request | None) -> Path:
+        """``requests/00-base`` (``request`` None) or ``requests/NN-<slug>`` of 0-based ``index``."""
+        return self.path / REQUESTS_DIR / request_folder_name(index, request)
+
+    def relative(self, path: Path) -> str:
+        """``path`` as the ledger records it: relative to the run folder."""
+        return str(Path(path).relative_to(self.path))
+
+    def request_folders(self) -> dict[int, Path]:
+        """``{request number (0 = base): folder}`` of the folders under ``requests/``."""
+        folders: dict[int, Path] = {}
+        if (self.path / REQUESTS_DIR).is_dir():
+            for folder in sorted((self.path / REQUESTS_DIR).iterdir()):
+                parsed = parse_request_folder(folder.name)
+                if folder.is_dir() and parsed is not None:
+                    folders[parsed[0]] = folder
+        return folders
+
+    # -- lock ---------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold an exclusive lock on ``.lock`` until :meth:`unlock` (or this process ends), so two
+        jobs never interleave writes; :class:`RunFolderBusyError` if another process holds it."""
+        if self._lock_handle is not None:
+            return
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK_NAME, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunFolderBusyError(
+                f"{self.path} is in use by another process serving a stream into it; wait for it or use another run_dir"
+            ) from None
+        self._lock_handle = handle
+
+    def unlock(self) -> None:
+        """Release :meth:`lock` (closing the descriptor drops the flock); no-op when not held."""
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    # -- ledger -------------------------------------------------------------------------------
+    def load_ledger(self, requests: list[Request]) -> dict[str, Any]:
+        """The ledger (a new one for a new folder), refused with :class:`LedgerMismatchError` if
+        it is malformed, was written for another request list, or any file it records (weights,
+        merges, metrics) no longer has its recorded sha256. Reads only."""
+        if not self.ledger_path.exists():
+            return {"stream": [vars(r) for r in requests], "completed": []}
+        ledger = read_ledger(self.path)
+        configured = [vars(r) for r in requests]
+        done = [dict(concept=e["concept"], kind=e["kind"]) for e in ledger["completed"]]
+        if configured[: len(done)] != done:
+            raise LedgerMismatchError(
+                f"{self.path} was run with the requests {[d['concept'] for d in done]} first; "
+                f"this config asks for {[c['concept'] for c in configured]}: use another run_dir"
+            )
+        # Every start, finished runs included: a changed file is refused before anything is
+        # written, not built upon or reported as complete.
+        verify_committed_files(self.path, ledger)
+        return ledger
+
+    def write_ledger(self, ledger: dict[str, Any]) -> None:
+        """Write ``ledger.json`` (atomically: the last write of every commit)."""
+        write_json(ledger, self.ledger_path)
+
+    def ledger_entry(self, index: int, request: Request, weights_sha256: str) -> dict[str, Any]:
+        """A new ``completed`` entry for request ``index`` whose weights file has ``weights_sha256``."""
+        weights = self.request_dir(index, request) / WEIGHTS_FILE
+        return {**vars(request), "index": index + 1, "weights": self.relative(weights), "sha256": weights_sha256}
+
+    def record_file(self, entry: dict[str, Any], key: str, path: Path, sha256: str | None = None) -> str:
+        """Record ``path`` in ledger ``entry`` under ``key`` (with its sha256, ``<key>_sha256``); returns it."""
+        sha256 = sha256 if sha256 is not None else file_sha256(path)
+        entry[key] = self.relative(path)
+        entry[f"{key}_sha256"] = sha256
+        return sha256
+
+    def verified_weights(self, entry: dict[str, Any], key: str = "weights") -> dict[str, torch.Tensor]:
+        """The weights a ledger entry records under ``key`` (``weights`` or ``merged``), once
+        their sha256 matches the ledger's; :class:`LedgerMismatchError` otherwise."""
+        sha_key = "sha256" if key == "weights" else f"{key}_sha256"
+        return load_weights(verified_path(self.path, entry[key], entry[sha_key], role=key))
+
+    def metrics_of(self, ledger: dict[str, Any], number: int) -> dict[str, Any] | None:
+        """``metrics.json`` of request ``number`` (0 = base) as the ledger records it, if evaluated."""
+        entry = ledger.get("base") if number == 0 else ledger["completed"][number - 1]
+        if not entry or "metrics" not in entry:
+            return None
+        path = self.path / entry["metrics"]
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def record_failure(self, ledger: dict[str, Any], index: int, request: Request, failure: dict[str, Any]) -> Path:
+        """Write ``FAILED.json`` of request ``index`` and append ``failure`` to the ledger's
+        ``failed`` list; returns the file."""
+        path = self.request_dir(index, request) / FAILED_FILE
+        write_json(failure, path)
+        ledger.setdefault("failed", []).append(failure)
+        self.write_ledger(ledger)
+        return path
+
+    def clear_failure(self, index: int, request: Request) -> None:
+        """Remove an earlier attempt's ``FAILED.json`` (the request is committed now)."""
+        (self.request_dir(index, request) / FAILED_FILE).unlink(missing_ok=True)
+
+    def is_finished(self) -> bool:
+        """Whether every request ``run.json`` lists is in the ledger (False when either is absent)."""
+        try:
+            described = json.loads(self.run_info_path.read_text())
+            ledger = json.loads(self.ledger_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        return len(ledger.get("completed", [])) == len(described.get("requests", [None]))
+
+    # -- results, run.json, settings ----------------------------------------------------------
+    def read_results(self) -> list[dict[str, Any]]:
+        """The rows of ``results.json`` (empty for a new folder)."""
+        return json.loads(self.results_path.read_text()) if self.results_path.exists() else []
+
+    def write_results(self, rows: list[dict[str, Any]]) -> None:
+        """Write ``results.json`` and ``results.csv``."""
+        write_json(rows, self.results_path)
+        write_text(results_csv(rows), self.path / RESULTS_CSV)
+
+    def read_run_info(self) -> Any:
+        """``run.json`` parsed (``None`` for folders written before it existed); not checked."""
+        return json.loads(self.run_info_path.read_text()) if self.run_info_path.is_file() else None
+
+    def write_run_info(self, info: dict[str, Any]) -> None:
+        """Write ``run.json``."""
+        write_json(info, self.run_info_path)
+
+    def write_settings(self, settings: dict[str, Any]) -> None:
+        """Write ``stream_settings.json``."""
+        write_json(settings, self.path / SETTINGS_NAME)
