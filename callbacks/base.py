@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 
@@ -42,6 +43,16 @@ class RequestCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+    def carried_state(self) -> dict[str, torch.Tensor]:
+        """Tensors that must outlive the request (e.g. a running average over requests), read
+        after ``on_request_end``. The stream saves them with the committed request (safetensors,
+        sha256 in the ledger) and gives them back through :meth:`load_carried_state` when a
+        stream resumes after that request; default: nothing carried."""
+        return {}
+
+    def load_carried_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`carried_state` returned after the last committed request."""
 
 
 def request_callbacks(trainer: Trainer) -> list[RequestCallback]:

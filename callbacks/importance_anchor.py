@@ -21,9 +21,9 @@ under accumulation, DDP and AMP; no extra backward). If std(I) = 0 every w is 1 
 
 The EMA lives on the CPU between requests and is in ``state_dict`` (with the anchor and any
 partial accumulation), so a request resumed from a mid-request checkpoint continues
-bit-identically. A stream resumed *between* requests starts a fresh process whose callbacks
-hold no EMA: the runner saves callback state only in mid-request checkpoints, so the next
-request then runs without the penalty (its record says ``"penalty_active": false``).
+bit-identically; it is also the callback's ``carried_state``, which the stream saves with every
+committed request (``requests/NN-*/carried-*.safetensors``, sha256 in the ledger) and restores
+when a stream resumes between requests, so request k+1 sees the EMA of requests 1..k either way.
 """
 
 from __future__ import annotations
@@ -262,6 +262,17 @@ class ImportanceWeightedAnchor(RequestCallback):
             "penalty_steps": self._penalty_steps,
             "importance_state": self.importance_state(),
         }
+
+    def carried_state(self) -> dict[str, torch.Tensor]:
+        # The EMA of importance is what request k+1 needs from requests 1..k: without it a stream
+        # resumed between requests would serve the next one with no penalty at all.
+        state = {f"ema.{k}": v.detach().cpu().contiguous() for k, v in self.ema.items()}
+        state["requests_seen"] = torch.tensor([self.requests_seen], dtype=torch.long)
+        return state
+
+    def load_carried_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.ema = {k[len("ema."):]: v.clone() for k, v in state.items() if k.startswith("ema.")}
+        self.requests_seen = int(state["requests_seen"][0])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.keys = list(state_dict.get("keys", []))

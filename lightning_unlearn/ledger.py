@@ -110,6 +110,11 @@ def ledger_problems(ledger: Any) -> list[str]:
             if sha_key in entry or path_key != "metrics":  # metrics' sha256 is absent in older ledgers
                 if not isinstance(entry.get(sha_key), str) or not SHA256.fullmatch(entry[sha_key]):
                     problems.append(f"{label} {sha_key} {entry.get(sha_key)!r} is not a sha256")
+        carried = entry.get("carried_states", {})
+        if not isinstance(carried, dict) or any(
+                not isinstance(r, dict) or _bad_path(r.get("file")) or not isinstance(r.get("sha256"), str)
+                or not SHA256.fullmatch(r["sha256"]) for r in carried.values()):
+            problems.append(f"{label} carried_states is not a map of files inside the run folder with their sha256")
     base = ledger.get("base")
     if base is not None:
         if not isinstance(base, dict) or _bad_path(base.get("metrics")):
@@ -133,6 +138,8 @@ def recorded_files(ledger: dict[str, Any]) -> list[RecordedFile]:
         for path_key, sha_key in (("weights", "sha256"), ("merged", "merged_sha256"), ("metrics", "metrics_sha256")):
             if sha_key in entry:
                 files.append(RecordedFile(owner, path_key, entry[path_key], entry[sha_key]))
+        for key, record in (entry.get("carried_states") or {}).items():
+            files.append(RecordedFile(owner, f"carried state {key}", record["file"], record["sha256"]))
     return files
 
 

@@ -32,7 +32,7 @@ import re
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from lightning_unlearn.atomic_io import file_sha256, load_weights, write_json, write_text
+from lightning_unlearn.atomic_io import file_sha256, load_weights, save_weights, write_json, write_text
 from lightning_unlearn.errors import SettingsError, UnlearnError
 from lightning_unlearn.ledger import LEDGER_NAME, LedgerMismatchError, read_ledger, verified_path, verify_committed_files
 from lightning_unlearn.requests import Request
@@ -59,6 +59,8 @@ RUN_INFO_NAME = "run.json"
 SETTINGS_NAME = "stream_settings.json"
 WEIGHTS_FILE, MERGED_FILE = "weights.safetensors", "merged.safetensors"
 METRICS_FILE, GRID_FILE, MANIFEST_FILE, FAILED_FILE = "metrics.json", "grid.png", "manifest.json", "FAILED.json"
+CARRIED_STATE_PREFIX = "carried-"
+"""``requests/NN-*/carried-<callback>.safetensors``: a callback's state that outlives the request."""
 
 _REQUEST_FOLDER = re.compile(r"^(\d+)-(.+)$")
 _CHECKPOINT_FILE = re.compile(r"^request-(\d+)")
@@ -255,6 +257,19 @@ class RunFolder:
         sha_key = "sha256" if key == "weights" else f"{key}_sha256"
         return load_weights(verified_path(self.path, entry[key], entry[sha_key], role=key))
 
+    def save_carried_states(self, entry: dict[str, Any], out: Path, states: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Write each callback's carried state (by its state key) next to the request's weights
+        and record it, with its sha256, in ledger ``entry`` under ``carried_states``."""
+        for key, state in states.items():
+            path = out / f"{CARRIED_STATE_PREFIX}{_file_safe(key)}.safetensors"
+            sha256 = save_weights(state, path)
+            entry.setdefault("carried_states", {})[key] = {"file": self.relative(path), "sha256": sha256}
+
+    def carried_states(self, entry: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        """The carried states a ledger entry records, by callback state key, sha256-verified."""
+        return {key: load_weights(verified_path(self.path, record["file"], record["sha256"], role=f"carried state {key}"))
+                for key, record in (entry.get("carried_states") or {}).items()}
+
     def metrics_of(self, ledger: dict[str, Any], number: int) -> dict[str, Any] | None:
         """``metrics.json`` of request ``number`` (0 = base) as the ledger records it, if evaluated."""
         entry = ledger.get("base") if number == 0 else ledger["completed"][number - 1]
@@ -306,3 +321,8 @@ class RunFolder:
     def write_settings(self, settings: dict[str, Any]) -> None:
         """Write ``stream_settings.json``."""
         write_json(settings, self.path / SETTINGS_NAME)
+
+
+def _file_safe(key: str) -> str:
+    """A callback state key ("InverseEWC{'name': None}") as a file-name fragment."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", key).strip("-")

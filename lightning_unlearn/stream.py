@@ -222,6 +222,13 @@ class StreamRunner:
     def _resume_weights(self, completed: int) -> None:
         """After ``completed`` committed requests: the sequential protocol continues from the last
         request's (verified) weights; the others start every request from the base."""
+        if completed:
+            # What callbacks carry from request to request (e.g. inverse-EWC's running Fisher),
+            # whatever the protocol: the process that served the earlier requests is gone.
+            carried = self.folder.carried_states(self.ledger["completed"][-1])
+            for callback in request_callbacks(self.trainer):
+                if callback.state_key in carried:
+                    callback.load_carried_state(carried[callback.state_key])
         if completed and self.settings.protocol == "sequential":
             last = self.ledger["completed"][-1]
             self.module.load_trainable_state(self.folder.verified_weights(last), source=self.run_dir / last["weights"])
@@ -350,6 +357,8 @@ class StreamRunner:
         index, request = plan.index, plan.request
         out = self.folder.request_dir(index, request)
         entry = self._save_weights(plan, out)
+        self.folder.save_carried_states(entry, out, {
+            cb.state_key: state for cb in request_callbacks(self.trainer) if (state := cb.carried_state())})
         records = served.records
         last = index + 1 == len(self.data.requests)
         if not last and (index + 1) % max(1, self.settings.evaluate_every):
