@@ -21,9 +21,10 @@ per-request train seconds, the reference / bank ratio of their sums, and UA / IR
 the last request on the config's evaluation (16 styles x 12 objects, one image per prompt,
 DPM-Solver++ 8 steps, guidance 4, evaluation seed of the config).
 
-Measured (``steps --steps 2 --repeats 2``, 2-core VM at load ~12, 2026-12-02; RESULTS.md):
-a reference step costs 18.4x a bank step in CPU time (17.4x wall), bank build included.
-``stream`` not measured yet (about 1 h on a quiet machine for 3 requests).
+Measured (RESULTS.md): ``steps --steps 2 --repeats 2`` at load ~12 gave 18.4x CPU per step;
+whole default requests through the CLI on a quieter machine (one thread, two runs each) gave
+7.0x (bank 18 s, reference 126-127 s of training), the figure to quote; a 3-request stream at
+batch 4 is in RESULTS.md with its UA / IRA / CRA.
 """
 
 from __future__ import annotations
