@@ -14,6 +14,8 @@ file or the name of a shipped config (``tinyworld/esd_styles_sequential``; see
   ``lightning_unlearn.report``; plain argparse, ``train.py report --help``).
 - ``verify``: audit a run folder against its ledger: every recorded file's sha256, the
   ledger's structure, unexpected files (see ``lightning_unlearn.verify``; ``train.py verify --help``).
+- ``export``: write a committed request's model as a deployable folder (a diffusers pipeline, or
+  the tiny world's UNet folder) with a model card (see ``lightning_unlearn.export``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from lightning_unlearn.config_names import resolve_config_args
 from lightning_unlearn.errors import UnlearnError
 
-SUBCOMMANDS = ("pretrain", "unlearn", "report", "study", "verify")
+SUBCOMMANDS = ("pretrain", "unlearn", "report", "study", "verify", "export")
 
 
 def _quiet() -> None:
@@ -123,6 +125,10 @@ def _dispatch(argv: list[str] | None) -> None:
         from lightning_unlearn.report import main as report
 
         report(rest)
+    elif command == "export":
+        from lightning_unlearn.export import main as export
+
+        export(rest)
     elif command == "verify":
         from lightning_unlearn.verify import main as verify
 

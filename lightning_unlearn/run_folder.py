@@ -16,7 +16,8 @@ read through it::
                                     request callbacks, FAILED.json of a failed attempt
       checkpoints/                  request-NN-step-SSSSSS.ckpt + request-NN.json (mid-request)
       anchors/                      data methods cache across requests (Concept Ablation)
-      tensorboard/                  the default logger
+      tensorboard/                  the default logger; its config.yaml is the command's settings
+                                    (LightningCLI writes it to the logger's folder, else run_dir)
 
 Every file is written atomically (:mod:`lightning_unlearn.atomic_io`); ``ledger.json`` is written
 last in a commit. The ledger's structure and the sha256 checks of the files it records live in
@@ -57,6 +58,10 @@ LOCK_NAME = ".lock"
 RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
 RUN_INFO_NAME = "run.json"
 SETTINGS_NAME = "stream_settings.json"
+CONFIG_NAME = "config.yaml"
+CONFIG_FOLDERS = ("tensorboard", "")
+"""Where LightningCLI's ``config.yaml`` lands: the default logger's folder, else the run folder
+(``--trainer.logger=false``: ``default_root_dir``, which the stream sets to the run folder)."""
 WEIGHTS_FILE, MERGED_FILE = "weights.safetensors", "merged.safetensors"
 METRICS_FILE, GRID_FILE, MANIFEST_FILE, FAILED_FILE = "metrics.json", "grid.png", "manifest.json", "FAILED.json"
 CARRIED_STATE_PREFIX = "carried-"
@@ -235,6 +240,14 @@ class RunFolder:
         verify_committed_files(self.path, ledger)
         return ledger
 
+    def verified_ledger(self) -> dict[str, Any]:
+        """The ledger as it is (whatever request list the caller has in mind), once its structure
+        and the sha256 of every file it records check out; :class:`LedgerMismatchError` otherwise.
+        For readers of a finished or stopped run (``train.py export``). Reads only."""
+        ledger = read_ledger(self.path)
+        verify_committed_files(self.path, ledger)
+        return ledger
+
     def write_ledger(self, ledger: dict[str, Any]) -> None:
         """Write ``ledger.json`` (atomically: the last write of every commit)."""
         write_json(ledger, self.ledger_path)
@@ -317,6 +330,31 @@ class RunFolder:
     def write_run_info(self, info: dict[str, Any]) -> None:
         """Write ``run.json``."""
         write_json(info, self.run_info_path)
+
+    def config_path(self) -> Path | None:
+        """The ``config.yaml`` LightningCLI saved for the run's last start (see
+        :data:`CONFIG_FOLDERS`), ``None`` if there is none."""
+        for folder in CONFIG_FOLDERS:
+            path = self.path / folder / CONFIG_NAME
+            if path.is_file():
+                return path
+        return None
+
+    def read_config(self) -> dict[str, Any] | None:
+        """``config.yaml`` parsed (``yaml.safe_load``), ``None`` if absent; a
+        :class:`SettingsError` if it is not a YAML mapping."""
+        import yaml
+
+        path = self.config_path()
+        if path is None:
+            return None
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise SettingsError(f"{path} is not valid YAML ({err}); restore it") from None
+        if not isinstance(config, dict):
+            raise SettingsError(f"{path} is not a mapping of settings; restore it")
+        return config
 
     def write_settings(self, settings: dict[str, Any]) -> None:
         """Write ``stream_settings.json``."""
