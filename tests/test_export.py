@@ -172,6 +172,9 @@ def test_real_model_export_is_a_loadable_pipeline(tmp_path, tiny_sd_folder, tiny
             load_file(str(sd / component / f"{stem}.safetensors")).keys()
     latents = pipe("a cat in Van Gogh style", num_inference_steps=1, output_type="latent", height=16, width=16).images
     assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()
+    from lightning_unlearn.backbone import check_diffusers_folder
+
+    assert check_diffusers_folder(out) == out  # serves again as --model.pretrained
     meta = front_matter((out / "README.md").read_text())
     assert meta["base_model"] == "sd" and meta["erased_concepts"] == ["Van Gogh"]
     shutil.move(sd, tmp_path / "moved")

@@ -25,6 +25,7 @@ MAY_IMPORT_TINYWORLD = (
     "lightning_unlearn/pretraining/",
     "lightning_unlearn/unlearning_module.py",  # builds TinyWorldBackbone when no --model.pretrained
     "lightning_unlearn/stream_evaluation.py",  # the stream's evaluation: the tiny classifier for a tiny backbone
+    "lightning_unlearn/export.py",  # exports the tiny UNet (and how to sample it) when the run had no --model.pretrained
     "lightning_unlearn/cli.py",
     "datamodules/",  # a stream's data meets its world here (default requests and vocabulary)
 )
