@@ -44,6 +44,7 @@ from lightning_unlearn.evaluation import EvaluationSettings
 from lightning_unlearn.preemption import (
     EXIT_PREEMPTED, PreemptionSignal, StreamStopped, requeue, stray_hpc_checkpoints,
 )
+from lightning_unlearn.progress import StreamProgress, quiet_lightning_banners
 from lightning_unlearn.protocols import MergeSettings, ProtocolName, RequestPlan, SimultaneousSettings, plan_request
 from lightning_unlearn.request_checkpoints import AtomicCheckpointIO, RequestCheckpoints, clear_checkpoints, latest_checkpoint
 from lightning_unlearn.run_folder import (
@@ -99,10 +100,17 @@ class StreamSettings:
     re-run resumes an interrupted request at its last checkpoint; unset = resume interrupted
     requests from their start. A pre-emption (SIGUSR1) checkpoints the request at its current
     step either way."""
+    progress: bool = True
+    """Show the stream's live view on stderr (request i of N, step k of the request, elapsed
+    and estimated time left, the last request's UA / IRA / CRA): one redrawn line in a terminal,
+    plain lines at coarse points in a log file. Off when false, or when the user turns on
+    Lightning's own bar (``--trainer.enable_progress_bar=true``)."""
 
     def __post_init__(self) -> None:
         check_run_dir(self.run_dir)
         at_least(self.evaluate_every, 1, "--stream.evaluate_every")
+        if not isinstance(self.progress, bool):  # a dataclass built in Python bypasses the parser's typing
+            raise SettingsError(f"--stream.progress must be true or false, got {self.progress!r}")
         if self.checkpoint_every_n_steps is not None:
             at_least(self.checkpoint_every_n_steps, 1, "--stream.checkpoint_every_n_steps")
         if self.merge is not None and self.protocol != "independent":
@@ -141,6 +149,23 @@ class StreamRunner:
         self.ledger: dict[str, Any] = {}
         self.rows: list[dict[str, Any]] = []
         """The results table so far (``results.json``'s rows)."""
+        self.progress = self._progress_display()
+        """Rank 0's live view (:mod:`lightning_unlearn.progress`); ``None`` when off or on other ranks."""
+
+    def _progress_display(self) -> StreamProgress | None:
+        """The config's StreamProgress if it lists one, else a new one added to the trainer,
+        unless ``--stream.progress=false`` or Lightning's own progress bar is on (the user's choice)."""
+        listed = [cb for cb in self.trainer.callbacks if isinstance(cb, StreamProgress)]
+        if not self.settings.progress or self.trainer.progress_bar_callback is not None:
+            # Two displays would fight over the terminal line; a listed one stays silent.
+            for callback in listed:
+                self.trainer.callbacks.remove(callback)
+            return None
+        if listed:
+            return listed[0] if self.trainer.is_global_zero else None
+        progress = StreamProgress()
+        self.trainer.callbacks.append(progress)
+        return progress if self.trainer.is_global_zero else None
 
     def describe(self) -> dict[str, Any]:
         """What ``run.json`` says about this run (read by reports and the study runner)."""
@@ -170,6 +195,8 @@ class StreamRunner:
         try:
             return self._serve_stream()
         finally:
+            if self.progress is not None:
+                self.progress.finish()
             self.preemption.restore()
             if self.evaluation is not None:
                 self.evaluation.close()
@@ -186,6 +213,11 @@ class StreamRunner:
         self._resume_weights(completed)
         # Request callbacks read the vocabulary from trainer.datamodule in on_request_start.
         attach_datamodule(self.trainer, self.data)
+        if self.progress is not None:
+            total, every = len(self.data.requests), max(1, self.settings.evaluate_every)
+            cap = self.settings.simultaneous.max_steps if self.settings.protocol == "simultaneous" else self.data.steps_per_request
+            self.progress.start_stream(total, completed, cap, [(i + 1) % every == 0 or i + 1 == total for i in range(total)],
+                                       device=str(self.trainer.strategy.root_device))
         if self.trainer.is_global_zero:
             evaluator = build_evaluator(self.module, self.data.vocabulary, self.settings.evaluation)
             self.evaluation = StreamEvaluation(self.trainer, self.module, evaluator, self.data.vocabulary,
@@ -254,11 +286,17 @@ class StreamRunner:
         where = f"request {index + 1} ({request.concept})"
         self._stop_if_preempted(where)
         what = request.concept if len(plan.erasing) == 1 else f"{len(plan.erasing)} concepts up to {request.concept!r}"
-        rank_zero_info(f"request {index + 1}/{len(self.data.requests)} ({protocol}): unlearn {request.kind} {what}")
         cap = settings.simultaneous.max_steps if protocol == "simultaneous" else self.data.steps_per_request
+        if self.progress is not None:  # the live view announces the request (one line, not two)
+            self.progress.start_request(index, request.concept, cap, self.trainer.global_step,
+                                        what=f"{protocol}, unlearn {request.kind} {what}")
+        else:
+            rank_zero_info(f"request {index + 1}/{len(self.data.requests)} ({protocol}): unlearn {request.kind} {what}")
         identity = self._checkpoint_identity(plan, cap)
         resume = self._resume_point(index, identity, cap) if resumable else None
         start_step = resume.request_start_step if resume is not None else self.trainer.global_step
+        if self.progress is not None:
+            self.progress.start_step = start_step  # a resumed request counts its steps from its first start
         stopper = None
         if protocol == "simultaneous":
             stopper = UATargetStop(self.evaluation.evaluator if self.evaluation is not None else None,
@@ -387,6 +425,9 @@ class StreamRunner:
             self.folder.record_file(entry, "metrics", out / METRICS_FILE)
         self.ledger["completed"].append(entry)
         self.folder.write_ledger(self.ledger)
+        if self.progress is not None:  # its request-end line carries the same metrics and timings
+            self.progress.end_request(row)
+            return
         rank_zero_info(
             "  UA {UA:.1f}  UA_latest {UA_latest:.1f}  IRA {IRA:.1f}  CRA {CRA:.1f}  "
             "({train_steps} steps, {train_seconds:.0f}s train, {eval_seconds:.0f}s eval)".format(**row)
@@ -425,6 +466,10 @@ class UnlearnCLI(LightningCLI):
         cfg = self.config
         run_dir = cfg.stream.run_dir
         check_run_dir(run_dir)  # before any model is loaded
+        if cfg.stream.get("progress", True) and cfg.trainer.get("enable_progress_bar") is None:
+            # Lightning's bar is on unless told otherwise; the stream's view replaces it. A user's
+            # explicit --trainer.enable_progress_bar=true keeps Lightning's bar (and no view).
+            cfg.trainer.enable_progress_bar = False
         if cfg.trainer.get("default_root_dir") is None:
             cfg.trainer.default_root_dir = run_dir
         if cfg.trainer.get("logger") in (None, True):
@@ -436,6 +481,12 @@ class UnlearnCLI(LightningCLI):
 
 def unlearn(args: list[str]) -> list[dict[str, Any]]:
     """Parse ``args`` as the ``unlearn`` subcommand and run the stream."""
+    # Lightning's per-fit banners are folded into the live view; only for this command.
+    with quiet_lightning_banners():
+        return _unlearn(args)
+
+
+def _unlearn(args: list[str]) -> list[dict[str, Any]]:
     cli = UnlearnCLI(
         UnlearningModule,
         ConceptStreamDataModule,
