@@ -268,6 +268,12 @@ class GradientProjection(RequestCallback):
         self._params, self._before = [], []
 
     # -- checkpoints ---------------------------------------------------------------------------
+    def request_records(self) -> dict[str, dict[str, Any]]:
+        """``projection_<mode>.json``: the concepts whose cross-attention keys and values the
+        request kept fixed (the similarity-selected ones and, with ``protect_unlearned``, the
+        concepts erased before it, including those the starting model had erased)."""
+        return {f"projection_{self.mode}": {"mode": self.mode, "protected": list(self.protected)}}
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode, "keys": list(self.keys), "protected": list(self.protected),

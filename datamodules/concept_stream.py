@@ -135,6 +135,13 @@ class ConceptStreamDataModule(LightningDataModule):
             templates=templates,
         )
         self.unlearned = list(unlearned or [])
+        self.erased_before: list[Request] = [
+            Request(concept, "style" if concept in self.vocabulary.styles else "object")
+            for concept in self.unlearned if concept in self.vocabulary.styles or concept in self.vocabulary.objects
+        ]
+        """The ``unlearned`` concepts the vocabulary knows: erased in the starting model, so every
+        plan lists them as already erased (protected by callbacks that protect earlier erasures)
+        and scores UA over them too. Concepts outside the vocabulary cannot be scored."""
         self.requests: list[Request]
         self.requests, skipped = drop_already_unlearned(
             self.vocabulary.parse(list(requests)), self.unlearned, self.vocabulary, already_unlearned

@@ -110,8 +110,16 @@ class RequestPlan:
     """Concepts the evaluated model should have forgotten (UA is over these)."""
 
 
-def plan_request(requests: Sequence[Request], index: int, protocol: str, merging: bool = False) -> RequestPlan:
-    """The plan of request ``index`` of ``requests`` under ``protocol``."""
+def plan_request(requests: Sequence[Request], index: int, protocol: str, merging: bool = False,
+                 erased_before: Sequence[Request] = ()) -> RequestPlan:
+    """The plan of request ``index`` of ``requests`` under ``protocol``.
+
+    ``erased_before``: concepts the starting model had already had erased before this stream
+    (``--data.unlearned``, e.g. a deployed model exported from an earlier run). Every protocol's
+    "base" is that model, so they are already erased in every plan's start weights (callbacks
+    that protect earlier erasures see them), and UA is also read over them wherever the evaluated
+    model carries earlier requests (all but independent without merging).
+    """
     if protocol not in PROTOCOLS:
         raise SettingsError(f"--stream.protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if merging and protocol != "independent":
@@ -120,9 +128,10 @@ def plan_request(requests: Sequence[Request], index: int, protocol: str, merging
             f"(--stream.protocol=independent), not {protocol!r}"
         )
     request = requests[index]
+    before = tuple(erased_before)
     so_far = tuple(requests[: index + 1])
     if protocol == "sequential":
-        return RequestPlan(index, request, (request,), so_far[:-1], False, so_far)
+        return RequestPlan(index, request, (request,), before + so_far[:-1], False, before + so_far)
     if protocol == "simultaneous":
-        return RequestPlan(index, request, so_far, (), True, so_far)
-    return RequestPlan(index, request, (request,), (), True, so_far if merging else (request,))
+        return RequestPlan(index, request, so_far, before, True, before + so_far)
+    return RequestPlan(index, request, (request,), before, True, before + so_far if merging else (request,))

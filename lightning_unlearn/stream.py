@@ -281,7 +281,8 @@ class StreamRunner:
     def _serve(self, index: int, resumable: bool) -> None:
         """Plan request ``index`` and serve it (:func:`serve_request`), committing it on rank 0."""
         settings, protocol = self.settings, self.settings.protocol
-        plan = plan_request(self.data.requests, index, protocol, settings.merge is not None)
+        plan = plan_request(self.data.requests, index, protocol, settings.merge is not None,
+                            erased_before=self.data.erased_before)
         request = plan.request
         where = f"request {index + 1} ({request.concept})"
         self._stop_if_preempted(where)

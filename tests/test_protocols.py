@@ -147,3 +147,28 @@ def test_the_ties_trim_scope_is_a_command_line_option_and_its_help_says_the_trim
         "--stream.protocol=independent", "--stream.merge.method=ties", "--stream.merge.trim_scope=per_tensor"])
     assert cli.config_init.stream.merge == MergeSettings("ties", trim_scope="per_tensor")
     assert not (tmp_path / "run").exists()
+
+
+def test_concepts_erased_before_the_stream_are_already_erased_in_every_plan_and_scored():
+    from lightning_unlearn.protocols import plan_request
+    from lightning_unlearn.requests import Request
+
+    before, requests = (Request("Van Gogh", "style"),), [Request("Cartoon", "style"), Request("Monet", "style")]
+    sequential = plan_request(requests, 1, "sequential", erased_before=before)
+    assert sequential.already_erased == (before[0], requests[0]) and sequential.scored_erased == (before[0], *requests)
+    simultaneous = plan_request(requests, 1, "simultaneous", erased_before=before)
+    assert simultaneous.already_erased == before and simultaneous.erasing == tuple(requests)
+    assert plan_request(requests, 1, "independent", erased_before=before).scored_erased == (requests[1],)
+    assert plan_request(requests, 1, "independent", True, erased_before=before).scored_erased == (before[0], *requests)
+    assert plan_request(requests, 1, "sequential") == plan_request(requests, 1, "sequential", erased_before=())
+
+
+def test_a_stream_from_a_deployed_model_protects_and_scores_its_earlier_erasures(tmp_path):
+    # --data.unlearned names what the starting model (an export of an earlier run) has erased:
+    # gradient projection protects it like an earlier request, and UA is read over it too.
+    run = tmp_path / "deployed"
+    main(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml", "--data.requests=[Cartoon]",
+          "--data.unlearned=[Van Gogh]", "--trainer.callbacks+=configs/callbacks/projection_update.yaml",
+          f"--stream.run_dir={run}", *FAST])
+    record = json.loads((run / "requests" / "01-cartoon" / "projection_update.json").read_text())
+    assert "Van Gogh" in record["protected"]
