@@ -179,3 +179,17 @@ def test_real_model_export_is_a_loadable_pipeline(tmp_path, tiny_sd_folder, tiny
     assert meta["base_model"] == "sd" and meta["erased_concepts"] == ["Van Gogh"]
     shutil.move(sd, tmp_path / "moved")
     assert "does not exist here" in cli_error(["export", str(run), "--out", str(tmp_path / "out2")])
+
+
+def test_an_independent_run_with_a_merge_exports_the_merged_model(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    run = tmp_path / "ties"
+    unlearn(run, "[Van Gogh, Cartoon]", "--stream.protocol=independent", "--stream.merge.method=ties")
+    out = tmp_path / "out"
+    main(["export", str(run), "--out", str(out)])
+    unet = UNet2DConditionModel.from_pretrained(out / "unet", use_safetensors=True)
+    merged = load_file(str(run / "requests" / "02-cartoon" / "merged.safetensors"))
+    own = load_file(str(run / "requests" / "02-cartoon" / "weights.safetensors"))
+    assert any(not torch.equal(merged[k], own[k]) for k in merged)  # the merge is not request 2 alone
+    assert_unet_is_base_plus(unet.state_dict(), load_file(str(TINY_WEIGHTS_DIR / "tiny_unet.safetensors")), merged)
