@@ -34,14 +34,15 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning_unlearn.callbacks.importance_anchor import ImportanceWeightedAnchor
 
 
-def _completes_step(trainer: Trainer | None) -> bool:
-    """Whether the backward just run is the last micro-batch before an optimizer step."""
-    if trainer is None:
+def _completes_step(trainer: Trainer | None, batch_idx: int) -> bool:
+    """Whether micro-batch ``batch_idx`` is the last before an optimizer step: Lightning steps
+    after every ``accumulate_grad_batches``-th micro-batch and after an epoch's last one (public
+    attributes only: the fit loop's own test is private)."""
+    if trainer is None:  # driven by hand, outside a fit: every backward is a step
         return True
-    try:
-        return not trainer.fit_loop._should_accumulate()
-    except AttributeError:  # outside a fit loop
-        return True
+    accumulate = max(1, int(trainer.accumulate_grad_batches))
+    last = trainer.num_training_batches
+    return (batch_idx + 1) % accumulate == 0 or (isinstance(last, int) and batch_idx + 1 == last)
 
 
 class InverseEWC(ImportanceWeightedAnchor):
@@ -88,9 +89,13 @@ class InverseEWC(ImportanceWeightedAnchor):
             self.start_importance(trainer, pl_module)
         self._fisher = [f.to(p.device) for f, p in zip(self._fisher, self._params)]
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self._batch_idx = batch_idx  # read by on_after_backward, whose hook has no batch index
+
     @torch.no_grad()
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._params or not _completes_step(trainer):
+        if not self._params or not _completes_step(trainer, getattr(self, "_batch_idx", 0)):
             return
         present = [(acc, p.grad) for acc, p in zip(self._fisher, self._params) if p.grad is not None]
         if not present:
