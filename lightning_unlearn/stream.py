@@ -210,6 +210,7 @@ class StreamRunner:
             return self.rows
         if self.trainer.is_global_zero:
             self.folder.write_run_info(self.describe())
+        self._resume_callbacks(completed)
         self._resume_weights(completed)
         # Request callbacks read the vocabulary from trainer.datamodule in on_request_start.
         attach_datamodule(self.trainer, self.data)
@@ -251,16 +252,20 @@ class StreamRunner:
                 rank_zero_info(f"removed {stale}, left by an interrupted write")
         return completed
 
+    def _resume_callbacks(self, completed: int) -> None:
+        """After ``completed`` committed requests, give callbacks what they carry from request to
+        request (e.g. inverse-EWC's running Fisher), whatever the protocol: the process that
+        served the earlier requests is gone."""
+        if not completed:
+            return
+        carried = self.folder.carried_states(self.ledger["completed"][-1])
+        for callback in request_callbacks(self.trainer):
+            if callback.state_key in carried:
+                callback.load_carried_state(carried[callback.state_key])
+
     def _resume_weights(self, completed: int) -> None:
         """After ``completed`` committed requests: the sequential protocol continues from the last
         request's (verified) weights; the others start every request from the base."""
-        if completed:
-            # What callbacks carry from request to request (e.g. inverse-EWC's running Fisher),
-            # whatever the protocol: the process that served the earlier requests is gone.
-            carried = self.folder.carried_states(self.ledger["completed"][-1])
-            for callback in request_callbacks(self.trainer):
-                if callback.state_key in carried:
-                    callback.load_carried_state(carried[callback.state_key])
         if completed and self.settings.protocol == "sequential":
             last = self.ledger["completed"][-1]
             self.module.load_trainable_state(self.folder.verified_weights(last), source=self.run_dir / last["weights"])
