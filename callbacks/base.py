@@ -17,6 +17,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 class RequestCallback(Callback):
     """Base of regularizers and recorders that act per unlearning request."""
 
+    supports_lora: bool = False
+    """Whether the callback serves ``--model.trainable=lora`` requests, whose trained parameters
+    are adapter factors, not weights; a stream refuses the others at start (docs/lora.md)."""
+
     def __init__(self, name: str | None = None) -> None:
         """
         Args:

@@ -26,6 +26,10 @@ def l2_norms(current: dict[str, torch.Tensor], reference: dict[str, torch.Tensor
 class DriftRecorder(RequestCallback):
     """Record the L2 drift of the trainable weights after each request (from base and from the request's start)."""
 
+    # It reads trainable_state(): with LoRA, the fused effective weights.
+    supports_lora = True
+
+
     def __init__(self, name: str | None = None) -> None:
         """
         Args:

@@ -22,6 +22,14 @@ Modes:
 - ``update``: remember W before each optimizer step and afterwards set
   W <- W_before + (W - W_before) P, which keeps W v fixed whatever the optimizer does.
 
+LoRA requests (``--model.trainable=lora``): a layer computes (W + s B A) v, so the effective
+update s B A leaves W v fixed for v in span(C) exactly when A C = 0 (B is free). The callback
+therefore projects the adapter's A factor of every cross-attention key/value layer, never B:
+A <- A P once when the request starts (peft draws A at random), then A's gradient (``gradient``)
+or A's change per step (``update``) as above. Since A is [r, d_text] like W's input side, the
+same X <- X P applies; in ``update`` mode A C stays at its (ridge-sized, ~lambda) start value, so
+W_fused v moves by O(lambda) at most, whatever the optimizer does.
+
 Stacked with callbacks that also edit these weights' gradients or values (top-k masks, anchors)
 the constraint applied last wins exactly, the others approximately; put this callback last in
 ``trainer.callbacks`` to make the projection the exact one.
@@ -43,6 +51,18 @@ from lightning_unlearn.requests import ConceptVocabulary, Request
 
 PROJECTED_SUFFIXES = ("attn2.to_k.weight", "attn2.to_v.weight")
 """Parameters whose input is the text encoder's output: cross-attention keys and values."""
+
+PROJECTED_LAYERS = ("attn2.to_k", "attn2.to_v")
+"""Their layers: with LoRA, the adapter's A factors of these are projected."""
+
+
+def projected_keys(pl_module: LightningModule) -> list[str]:
+    """The trainable parameters whose right side meets the text states: the key/value weights
+    of a full trainable set, or (LoRA) the A factors of the key/value layers' adapters."""
+    keys = list(pl_module.trainable_keys)
+    if getattr(pl_module, "lora", None) is None:
+        return [k for k in keys if k.endswith(PROJECTED_SUFFIXES)]
+    return [k for k in keys if ".lora_A." in k and k.split(".lora_A.")[0].endswith(PROJECTED_LAYERS)]
 
 DUPLICATE_COSINE = 0.95
 """Protected directions closer than this to one already kept add nothing but ill-conditioning."""
@@ -74,6 +94,10 @@ def drop_near_duplicates(vectors: torch.Tensor, threshold: float = DUPLICATE_COS
 
 class GradientProjection(RequestCallback):
     """Project cross-attention K/V changes off the text directions of protected concepts."""
+
+    # With LoRA it constrains A so that the effective update s B A is zero on the protected directions.
+    supports_lora = True
+
 
     def __init__(
         self,
@@ -200,7 +224,7 @@ class GradientProjection(RequestCallback):
     # -- per request ---------------------------------------------------------------------------
     def on_request_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         params = dict(pl_module.unet.named_parameters())
-        self.keys = [k for k in pl_module.trainable_keys if k.endswith(PROJECTED_SUFFIXES)]
+        self.keys = projected_keys(pl_module)
         if not self.keys:
             rank_zero_warn(
                 f"{self.log_prefix}: the trainable set {getattr(pl_module, 'trainable', '?')!r} holds no cross-attention "
@@ -219,6 +243,12 @@ class GradientProjection(RequestCallback):
                     f"{params[wrong[0]].shape[-1]}: the text encoder does not match this UNet"
                 )
             self.basis, self.solve = ridge_factors(embeddings.T)
+            if getattr(pl_module, "lora", None) is not None:
+                # The fresh adapter's A starts in the complement of span(C): A C = 0 from step 0.
+                with torch.no_grad():
+                    for key in self.keys:
+                        a = params[key]
+                        a.sub_((a @ self.basis.to(a.device, a.dtype)) @ self.solve.to(a.device, a.dtype))
         rank_zero_info(
             f"{self.log_prefix}: request {pl_module.current_request.concept!r} protects {len(self.protected)} "
             f"directions {self.protected} on {len(self.keys)} key/value weights"

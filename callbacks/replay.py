@@ -72,6 +72,10 @@ def replay_bank(vocabulary: ConceptVocabulary, excluded: list[Request], prompts:
 class Replay(RequestCallback):
     """Retention loss: MSE between the trained and the frozen model's predictions on retained prompts."""
 
+    # Its retention loss is on the model's predictions; with LoRA its gradient reaches the factors.
+    supports_lora = True
+
+
     def __init__(
         self,
         weight: float = 1.0,

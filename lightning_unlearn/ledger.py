@@ -135,7 +135,8 @@ def recorded_files(ledger: dict[str, Any]) -> list[RecordedFile]:
         files.append(RecordedFile("base", "metrics", base["metrics"], base["metrics_sha256"]))
     for position, entry in enumerate(ledger["completed"]):
         owner = request_label(entry, position)
-        for path_key, sha_key in (("weights", "sha256"), ("merged", "merged_sha256"), ("metrics", "metrics_sha256")):
+        for path_key, sha_key in (("weights", "sha256"), ("merged", "merged_sha256"), ("adapter", "adapter_sha256"),
+                                  ("metrics", "metrics_sha256")):
             if sha_key in entry:
                 files.append(RecordedFile(owner, path_key, entry[path_key], entry[sha_key]))
         for key, record in (entry.get("carried_states") or {}).items():

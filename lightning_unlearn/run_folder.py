@@ -12,6 +12,7 @@ read through it::
       results.csv  results.json     one row per evaluated model (RESULT_COLUMNS)
       requests/00-base/             the base model's metrics.json, grid.png
       requests/NN-<slug>/           weights.safetensors, merged.safetensors (--stream.merge),
+                                    adapter.safetensors + adapter.json (--model.trainable=lora),
                                     manifest.json, metrics.json, grid.png, <record>.json of the
                                     request callbacks, FAILED.json of a failed attempt
       checkpoints/                  request-NN-step-SSSSSS.ckpt + request-NN.json (mid-request)
@@ -64,6 +65,8 @@ CONFIG_FOLDERS = ("tensorboard", "")
 (``--trainer.logger=false``: ``default_root_dir``, which the stream sets to the run folder)."""
 WEIGHTS_FILE, MERGED_FILE = "weights.safetensors", "merged.safetensors"
 METRICS_FILE, GRID_FILE, MANIFEST_FILE, FAILED_FILE = "metrics.json", "grid.png", "manifest.json", "FAILED.json"
+ADAPTER_FILE, ADAPTER_CONFIG_FILE = "adapter.safetensors", "adapter.json"
+"""``requests/NN-*/adapter.*``: with ``--model.trainable=lora``, the request's adapter and its settings."""
 CARRIED_STATE_PREFIX = "carried-"
 """``requests/NN-*/carried-<callback>.safetensors``: a callback's state that outlives the request."""
 

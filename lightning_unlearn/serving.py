@@ -10,6 +10,7 @@ call to train requests the same way without a stream::
       -> request hooks            RequestCallback.on_request_start
       -> fit                      train_steps optimizer steps on the caller's Trainer
       -> end hooks                RequestCallback.on_request_end, request_records
+      -> end of training          module.end_request (LoRA: the adapter is fused into the weights)
       -> commit                   the caller's (the stream writes through its RunFolder)
 
 One Trainer serves every request (its callbacks, logger and step count persist), which needs a
@@ -130,6 +131,8 @@ def serve_request(
         callback.on_request_end(trainer, module)
     for callback in request_callbacks(trainer):
         served.records.update(callback.request_records())
+    # After every hook has seen the trained parameters (LoRA: fuses the request's adapter).
+    module.end_request()
     served.steps = trainer.global_step - start_step
     served.train_seconds = time.perf_counter() - started
     to_training_device(trainer, module)

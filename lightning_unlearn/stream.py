@@ -47,8 +47,9 @@ from lightning_unlearn.preemption import (
 from lightning_unlearn.progress import StreamProgress, quiet_lightning_banners
 from lightning_unlearn.protocols import MergeSettings, ProtocolName, RequestPlan, SimultaneousSettings, plan_request
 from lightning_unlearn.request_checkpoints import AtomicCheckpointIO, RequestCheckpoints, clear_checkpoints, latest_checkpoint
+from lightning_unlearn.lora import refuse_callbacks_without_lora_support, save_adapter
 from lightning_unlearn.run_folder import (
-    FAILED_FILE, MANIFEST_FILE, MERGED_FILE, METRIC_NAMES, METRICS_FILE, WEIGHTS_FILE, RunFolder, RunFolderBusyError,
+    ADAPTER_CONFIG_FILE, ADAPTER_FILE, FAILED_FILE, MANIFEST_FILE, MERGED_FILE, METRIC_NAMES, METRICS_FILE, WEIGHTS_FILE, RunFolder, RunFolderBusyError,
     check_run_dir, result_row,
 )
 from lightning_unlearn.semantic_analysis import analyse_request
@@ -140,6 +141,7 @@ class StreamRunner:
         self.trainer, self.module, self.data, self.settings = trainer, module, data, settings
         plan_request(data.requests, 0, settings.protocol, settings.merge is not None)
         module.method.check_stream(module.backbone, data.requests, data.vocabulary)
+        refuse_callbacks_without_lora_support(module.trainable, request_callbacks(trainer))
         check_scorable(module, data.vocabulary, settings.evaluation)
         self.folder = RunFolder(settings.run_dir)
         self.run_dir = self.folder.path
@@ -447,7 +449,13 @@ class StreamRunner:
         entry = self.folder.ledger_entry(plan.index, plan.request, sha)
         manifest = {"request": vars(plan.request), "index": plan.index + 1, "protocol": self.settings.protocol,
                     "erasing": [r.concept for r in plan.erasing], "trainable": self.module.trainable,
-                    "keys": len(self.module.trainable_keys), "sha256": sha}
+                    "keys": len(self.module.weight_keys), "sha256": sha}
+        if self.module.lora is not None and self.module.last_adapter is not None:
+            # The request's own adapter beside its fused weights (docs/lora.md).
+            adapter_sha = save_adapter(self.module.last_adapter, self.module.lora, out / ADAPTER_FILE,
+                                       out / ADAPTER_CONFIG_FILE)
+            manifest["adapter_sha256"] = self.folder.record_file(entry, "adapter", out / ADAPTER_FILE, adapter_sha)
+            manifest["lora"] = self.module.lora.describe()
         if self.settings.merge is not None:
             # The deployed model after request k: the merge of the task vectors of requests 1..k.
             earlier = [self.folder.verified_weights(e) for e in self.ledger["completed"]]

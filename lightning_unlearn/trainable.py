@@ -22,7 +22,7 @@ TRAINABLE_SETS: dict[str, Callable[[str], bool]] = {
 def trainable_names(unet: nn.Module, trainable: str) -> list[str]:
     """Names of the parameters in ``trainable`` (one of :data:`TRAINABLE_SETS`)."""
     if trainable not in TRAINABLE_SETS:
-        raise SettingsError(f"--model.trainable: unknown trainable set {trainable!r}; choose one of {sorted(TRAINABLE_SETS)}")
+        raise SettingsError(f"--model.trainable: unknown trainable set {trainable!r}; choose one of {sorted(TRAINABLE_SETS)} or lora")
     selected = TRAINABLE_SETS[trainable]
     names = [name for name, _ in unet.named_parameters() if selected(name)]
     if not names:

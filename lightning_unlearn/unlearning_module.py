@@ -21,6 +21,10 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning_unlearn.backbone import Backbone, DiffusersBackbone
 from lightning_unlearn.checks import positive
 from lightning_unlearn.errors import SettingsError
+from lightning_unlearn.lora import (
+    LORA, LoraSettings, add_request_adapter, adapter_state, drop_request_adapter, effective_weights,
+    fuse_request_adapter, target_weight_names,
+)
 from lightning_unlearn.methods import ESD, MethodContext, UnlearningMethod
 from lightning_unlearn.protocols import RequestPlan
 from lightning_unlearn.requests import ConceptVocabulary, Request
@@ -54,6 +58,7 @@ class UnlearningModule(LightningModule):
         seed: int = 0,
         reference_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         gradient_checkpointing: bool = False,
+        lora: LoraSettings | None = None,
     ) -> None:
         """
         Args:
@@ -67,7 +72,9 @@ class UnlearningModule(LightningModule):
                 a safetensors state dict, full or only some keys (e.g. trained cross-attention).
                 Pickled ``.bin``/``.ckpt`` files are refused, never unpickled.
             trainable: weights a request may change: ``esd-x`` (cross-attention), ``kv-xattn``
-                (cross-attention keys and values), ``esd-u`` (all but cross-attention), ``full``.
+                (cross-attention keys and values), ``esd-u`` (all but cross-attention), ``full``;
+                or ``lora``: each request trains a fresh low-rank adapter on ``lora.targets``,
+                fused into the weights when the request ends (docs/lora.md).
             optimizer: optimizer factory (``--model.optimizer=torch.optim.AdamW --model.optimizer.lr=...``;
                 bitsandbytes.optim.AdamW8bit works the same way);
                 unset = ``AdamW(lr=lr, weight_decay=0)``.
@@ -78,13 +85,17 @@ class UnlearningModule(LightningModule):
             gradient_checkpointing: recompute the UNet's block activations in backward instead of
                 keeping them (diffusers' ``enable_gradient_checkpointing``): less memory, about
                 a third more compute per step. Attention is torch SDPA either way (no xformers).
+            lora: the adapter of ``--model.trainable=lora`` (rank, alpha, target layers); unset =
+                rank 4, alpha 4, the cross-attention keys and values.
         """
         super().__init__()
         # Checked before the backbone loads: a bad value must not cost a model load.
         positive(lr, "--model.lr")
         if reference_dtype not in REFERENCE_DTYPES:
             raise SettingsError(f"--model.reference_dtype must be one of {sorted(REFERENCE_DTYPES)}, got {reference_dtype!r}")
-        self.save_hyperparameters(ignore=["method", "optimizer"])
+        if lora is not None and trainable != LORA:
+            raise SettingsError(f"--model.lora configures LoRA adapters: it needs --model.trainable=lora, not {trainable!r}")
+        self.save_hyperparameters(ignore=["method", "optimizer", "lora"])
         self.method = method if method is not None else ESD()
         self.optimizer_factory = optimizer
         self.backbone: Backbone = DiffusersBackbone(pretrained) if pretrained else TinyWorldBackbone()
@@ -93,7 +104,18 @@ class UnlearningModule(LightningModule):
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.trainable = trainable
-        self.trainable_keys = apply_trainable(self.unet, trainable)
+        self.lora: LoraSettings | None = (lora or LoraSettings()) if trainable == LORA else None
+        """The adapter settings when requests train LoRA adapters, else ``None``."""
+        if self.lora is not None:
+            # The weights a request changes: the targeted layers' (fused) weights.
+            self.weight_keys = target_weight_names(self.unet, self.lora)
+            self.unet.requires_grad_(False)
+            self.trainable_keys: list[str] = []  # the adapter's factors, once a request attaches one
+        else:
+            self.trainable_keys = apply_trainable(self.unet, trainable)
+            self.weight_keys = list(self.trainable_keys)
+        self.last_adapter: dict[str, torch.Tensor] | None = None
+        """LoRA: the factors of the adapter the last request trained (``end_request``), for its commit."""
         # Outside a stream the tiny world's own vocabulary stands in; a Stable Diffusion model has
         # none: its requests come with the stream's (begin_request's ``vocabulary``).
         self.default_vocabulary: ConceptVocabulary | None = None if pretrained else tiny_vocabulary()
@@ -164,8 +186,10 @@ class UnlearningModule(LightningModule):
         return self.hparams.seed * 10_007 + self.request_index
 
     def frozen_reference_copy(self) -> torch.nn.Module:
-        """A frozen copy of the UNet as it stands, in ``reference_dtype``, on the UNet's device."""
+        """A frozen copy of the UNet as it stands, in ``reference_dtype``, on the UNet's device
+        (a plain UNet: an attached LoRA adapter is fused into the copy)."""
         reference = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        fuse_request_adapter(reference)
         # The reference only runs forward passes under no_grad: checkpointing would buy nothing.
         if getattr(reference, "is_gradient_checkpointing", False):
             reference.disable_gradient_checkpointing()
@@ -184,7 +208,8 @@ class UnlearningModule(LightningModule):
         return base
 
     def base_state(self) -> dict[str, torch.Tensor]:
-        """Pretrained values of the trainable keys (CPU tensors, never trained)."""
+        """Pretrained values of the weights a request changes (:attr:`weight_keys`; CPU tensors,
+        never trained)."""
         return self.__dict__["_base_state"]
 
     def begin_request(
@@ -211,10 +236,13 @@ class UnlearningModule(LightningModule):
             raise ValueError(f"the request being served ({plan.request.concept!r}) must be the last concept erased")
         self.__dict__["_plan"] = plan
         self.request_captions = list(captions)
+        # LoRA: a request never ended (a caller without end_request) leaves its adapter in the weights.
+        fuse_request_adapter(self.unet)
         reference = self.frozen_reference_copy()
         # Kept outside the module tree: not trained, not checkpointed, not moved twice.
         self.__dict__["_reference_unet"] = reference
-        self.trainable_keys = apply_trainable(self.unet, self.trainable)
+        if self.lora is None:
+            self.trainable_keys = apply_trainable(self.unet, self.trainable)
         vocabulary = vocabulary if vocabulary is not None else self.default_vocabulary
         if vocabulary is None:  # no world default for a real model: guessing one would caption the wrong concepts
             raise SettingsError("a request on a pretrained model needs the stream's concept vocabulary (begin_request's vocabulary)")
@@ -235,6 +263,20 @@ class UnlearningModule(LightningModule):
         )
         self.__dict__["_method_context"] = context
         self.method.prepare_request(context)
+        if self.lora is not None:
+            # After the method's preparation (it sees the plain UNet); before the request hooks and
+            # fit, which bind and checkpoint the adapter's factors. Its init draws from the request's seed.
+            self.trainable_keys = add_request_adapter(self.unet, self.lora)
+        self.last_adapter = None
+
+    def end_request(self) -> None:
+        """The request's training and end hooks are done: with LoRA, keep the adapter's factors
+        (:attr:`last_adapter`, for the commit) and fuse it into the weights, so the UNet is plain
+        again and the next request starts a fresh adapter on these weights."""
+        if self.lora is not None and self.trainable_keys:
+            self.last_adapter = adapter_state(self.unet)
+            fuse_request_adapter(self.unet)
+            self.trainable_keys = []
 
     def clear_request(self) -> None:
         """Forget the request being served (plan, captions, reference copy, method context): the
@@ -245,12 +287,19 @@ class UnlearningModule(LightningModule):
         self.request_captions: list[str] = []
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The trainable keys' current values (what a request's checkpoint holds)."""
+        """The current values of the weights a request changes (:attr:`weight_keys`; what a
+        request's ``weights.safetensors`` holds). LoRA: the effective weights W + s B A."""
+        if self.lora is not None:
+            return effective_weights(self.unet, self.weight_keys)
         params = dict(self.unet.named_parameters())
         return {k: params[k].detach() for k in self.trainable_keys}
 
     def load_trainable_state(self, state: dict[str, torch.Tensor], source: str | Path = "checkpoint") -> None:
-        """Load trainable keys saved by :meth:`trainable_state`; a named error on a mismatch."""
+        """Load weights saved by :meth:`trainable_state`; a named error on a mismatch. With LoRA
+        an attached adapter is dropped first: the module then holds exactly these weights."""
+        if self.lora is not None:
+            drop_request_adapter(self.unet)
+            self.trainable_keys = []
         params = dict(self.unet.named_parameters())
         unknown = [k for k in state if k not in params]
         if unknown:
