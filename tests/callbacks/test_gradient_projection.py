@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+import pytest
+
 import torch
 
 from lightning_unlearn.callbacks.gradient_projection import GradientProjection, drop_near_duplicates, ridge_factors
@@ -114,3 +116,57 @@ def test_update_mode_keeps_w_v_for_every_protected_v_through_a_whole_request(mod
     assert float(trainer.callback_metrics[f"{projection.log_prefix}/protected_directions"]) == 2.0
     state = projection.state_dict()
     assert state["basis"].shape == (384, 2) and state["solve"].shape == (2, 384) and state["protected"] == projection.protected
+
+
+# -- LoRA requests: the effective update s B A is what must leave W v fixed ------------------------
+@pytest.fixture(scope="module")
+def lora_module():
+    from lightning_unlearn.lora import LoraSettings
+    from lightning_unlearn.methods import ESD
+    from lightning_unlearn.unlearning_module import UnlearningModule
+
+    return UnlearningModule(method=ESD(ddim_steps=3, bank_trajectories=2, bank_batch=2), trainable="lora",
+                            lora=LoraSettings(rank=4, alpha=4.0), lr=1e-2)
+
+
+def lora_request(module, serve, make_data, optimizer, callbacks) -> tuple[dict, dict]:
+    """Serve Van Gogh (3 steps) as a LoRA request from the base; (W before, W after) of the
+    fused cross-attention keys and values."""
+    module.load_trainable_state(module.base_state(), source="the base weights")
+    module.clear_request()
+    module.optimizer_factory = optimizer
+    before = {k: w.detach().clone() for k, w in kv_weights(module).items()}
+    serve(module, make_data(["Van Gogh"], steps=3), callbacks)
+    assert not any(".lora_" in k for k, _ in module.unet.named_parameters())  # fused at the request's end
+    return before, {k: w.detach().clone() for k, w in kv_weights(module).items()}
+
+
+def protected_drift(before: dict, after: dict, protected: torch.Tensor) -> tuple[float, float]:
+    """max over layers of |dW C| / (|dW| max|v|) and of max_v |dW v| / |W v|, for the protected v (rows)."""
+    normalised, relative = 0.0, 0.0
+    for k in before:
+        change = after[k] - before[k]
+        assert float(change.norm()) > 1e-4, k  # the request did change the layer
+        normalised = max(normalised, float((change @ protected.T).norm() / (change.norm() * protected.norm(dim=1).max())))
+        relative = max(relative, float(((change @ protected.T).norm(dim=0) / (before[k] @ protected.T).norm(dim=0)).max()))
+    return normalised, relative
+
+
+
+@pytest.mark.parametrize("mode, optimizer", [
+    ("update", lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.5)),
+    ("gradient", lambda params: torch.optim.SGD(params, lr=100.0)),  # linear steps: A's projected gradient stays projected
+])
+def test_lora_projection_keeps_protected_w_v_fixed_and_without_it_w_v_moves(lora_module, serve, make_data, mode, optimizer):
+    projection = GradientProjection(mode=mode, similarity_threshold=0.3)
+    before, after = lora_request(lora_module, serve, make_data, optimizer, [projection])
+    assert projection.protected == ["Impressionism", "Picasso"]
+    assert len(projection.keys) == 14 and all(".lora_A." in k for k in projection.keys)  # A only, never B
+    protected = embed(lora_module, projection.protected)
+    normalised, relative = protected_drift(before, after, protected)
+    # Tolerance: the ridge term lambda leaves A C at ~lambda / |C|^2 of A's size, not exactly 0.
+    assert normalised < 1e-4 and relative < 1e-5, (normalised, relative)
+
+    unprojected_before, unprojected_after = lora_request(lora_module, serve, make_data, optimizer, [])
+    moved, moved_relative = protected_drift(unprojected_before, unprojected_after, protected)
+    assert moved > 1e-2 and moved_relative > 1e-4, (moved, moved_relative)
