@@ -116,3 +116,17 @@ def test_a_stream_overlay_changes_only_the_keys_it_names(resolve):
     assert both["stream"]["merge"] == PROTOCOLS["independent_ties"]["merge"]
     assert both["stream"]["evaluation"] == base["stream"]["evaluation"] and both["stream"]["evaluation"]["steps"] == 3
     assert both["stream"]["run_dir"] == base["stream"]["run_dir"] == "runs/ca_objects_sequential"
+
+
+@pytest.mark.parametrize("base_config", ["configs/tinyworld/esd_styles_sequential.yaml",
+                                         "configs/tinyworld/ca_styles_sequential.yaml"])
+def test_the_lora_overlay_changes_only_the_trainable_set_and_its_adapter(resolve, base_config):
+    base = resolve(["--config", base_config])
+    lora = resolve(["--config", base_config, "--config", "configs/trainable/lora.yaml",
+                    "--config", "configs/protocols/independent_ties.yaml"])
+    assert lora["model"]["trainable"] == "lora"
+    assert lora["model"]["lora"] == {"rank": 4, "alpha": 4.0, "targets": ["attn2.to_k", "attn2.to_v"]}
+    assert lora["stream"]["merge"] == PROTOCOLS["independent_ties"]["merge"]  # stacks with a protocol overlay
+    model = {k: v for k, v in lora["model"].items() if k not in ("trainable", "lora")}
+    assert model == {k: v for k, v in base["model"].items() if k not in ("trainable", "lora")}
+    assert lora["trainer"] == base["trainer"] and lora["data"] == base["data"]

@@ -96,7 +96,11 @@ def test_an_adapter_fuses_into_exactly_its_effective_update():
 
 
 # -- streams through train.py unlearn ------------------------------------------------------------
-@pytest.mark.parametrize("stream", [ESD, CA], ids=["esd", "concept-ablation"])
+# ESD with the callbacks that support LoRA stacked (drift from the config, replay, projection last).
+SUPPORTED = ["--trainer.callbacks+=configs/callbacks/replay.yaml", "--trainer.callbacks+=configs/callbacks/projection_update.yaml"]
+
+
+@pytest.mark.parametrize("stream", [[*ESD, *SUPPORTED], CA], ids=["esd+replay+projection", "concept-ablation"])
 def test_a_lora_stream_saves_each_request_as_its_adapter_and_as_fused_weights(tmp_path, capsys, stream):
     run = tmp_path / "run"
     main([*stream, f"--stream.run_dir={run}"])
@@ -117,6 +121,11 @@ def test_a_lora_stream_saves_each_request_as_its_adapter_and_as_fused_weights(tm
     assert manifest["trainable"] == "lora" and manifest["lora"]["rank"] == 4 and manifest["keys"] == len(base)
     rows = json.loads((run / "results.json").read_text())
     assert [r["concept"] for r in rows] == ["base", "Van Gogh", "Cartoon"]
+    if stream is not CA:  # the supported callbacks ran on the adapter and recorded it
+        records = {p.stem for p in (run / "requests" / "02-cartoon").glob("*.json")}
+        assert {"drift", "replay", "projection_update"} <= records, records
+        drift = json.loads((run / "requests" / "02-cartoon" / "drift.json").read_text())
+        assert drift["to_previous"]["total"] > 0  # drift reads the fused effective weights
     capsys.readouterr()
     with pytest.raises(SystemExit) as verified:  # the adapters are in the ledger, verified with the weights
         main(["verify", str(run)])
