@@ -1,7 +1,9 @@
-"""One ESD request on an SD-1.5-shaped model: fp32 vs bf16 vs bf16 + 8-bit AdamW + checkpointing.
+"""One ESD request on an SD-1.5-shaped model: fp32 vs bf16 vs bf16 + 8-bit AdamW + checkpointing,
+and full trainable sets vs LoRA adapters.
 
     python benchmarks/sd_scale.py                                  # CPU: reduced size
     python benchmarks/sd_scale.py --size full --device cuda        # GPU: SD 1.5's shapes
+    python benchmarks/sd_scale.py --settings fp32 --trainable kv-xattn lora   # LoRA vs full K/V
 
 Builds a ``UNet2DConditionModel`` with SD 1.5's config (block_out_channels 320/640/1280/1280,
 2 layers per block, cross-attention dim 768, 8 heads, 64 x 64 x 4 latents; 860 M parameters)
@@ -19,7 +21,9 @@ The VAE is a small stand-in: an ESD request never runs it (evaluation does).
 Each setting runs in its own process, so peak memory is that setting's alone: CUDA
 ``max_memory_allocated`` on a GPU; on the CPU the process's peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, which includes Python, torch and the model
-folder's load). Step time is the median over the optimizer steps after the first two (warm-up);
+folder's load). "Trained state" is exact, from the tensors: the trained parameters, their
+gradients and the optimizer's state (what LoRA shrinks; the frozen UNet, its reference copy and
+the activations are the same either way). Step time is the median over the optimizer steps after the first two (warm-up);
 the request time is bank build + all steps, and the last column projects a 1000-step request
 (the reference's ESD length) from them.
 """
@@ -92,8 +96,8 @@ def build_pipeline_folder(size: str, out: Path) -> None:
                             ).save_pretrained(out / "pipeline")
 
 
-def measure(setting: str, folder: Path, args) -> dict:
-    """Serve one ESD request under ``setting`` in this process; returns its figures."""
+def measure(setting: str, trainable: str, folder: Path, args) -> dict:
+    """Serve one ESD request under ``setting``, training ``trainable``, in this process; returns its figures."""
     import resource
 
     import torch
@@ -117,10 +121,13 @@ def measure(setting: str, folder: Path, args) -> dict:
         def optimizer(params):
             return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
 
+    from lightning_unlearn.lora import LoraSettings
+
     module = UnlearningModule(
         method=ESD(ddim_steps=args.ddim_steps, bank_trajectories=args.bank_trajectories,
                    bank_batch=args.bank_trajectories),
-        pretrained=str(folder), trainable=args.trainable, optimizer=optimizer,
+        pretrained=str(folder), trainable=trainable, optimizer=optimizer,
+        lora=LoraSettings(rank=args.lora_rank, alpha=float(args.lora_rank)) if trainable == "lora" else None,
         reference_dtype=cfg["reference_dtype"], gradient_checkpointing=cfg["checkpointing"],
     )
     data = ConceptStreamDataModule(requests=["Van Gogh"], styles=["Van Gogh", "Monet"], objects=["Cats"],
@@ -150,7 +157,8 @@ def measure(setting: str, folder: Path, args) -> dict:
     started = time.perf_counter()
     request = data.requests[0]
     with trainer.precision_plugin.forward_context():
-        module.begin_request(plan_request(data.requests, 0, "sequential"), data.erase_captions(request))
+        module.begin_request(plan_request(data.requests, 0, "sequential"), data.erase_captions(request),
+                             vocabulary=data.vocabulary)
     if cuda:
         torch.cuda.synchronize()
     bank_seconds = time.perf_counter() - started
@@ -159,9 +167,14 @@ def measure(setting: str, folder: Path, args) -> dict:
     step = median(timer.seconds[2:] if len(timer.seconds) > 2 else timer.seconds)
     peak = (torch.cuda.max_memory_allocated() if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    state_dtypes = sorted({str(v.dtype) for s in trainer.optimizers[0].state.values() for v in s.values()
-                           if torch.is_tensor(v) and v.ndim > 0})
-    return {"setting": setting, "step_s": step, "bank_s": bank_seconds, "request_s": request_seconds,
+    state = [v for s in trainer.optimizers[0].state.values() for v in s.values() if torch.is_tensor(v)]
+    state_dtypes = sorted({str(v.dtype) for v in state if v.ndim > 0})
+    trained = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
+    trained_bytes = sum(t.numel() * t.element_size() for t in [*trained, *state])
+    trained_bytes += sum(p.numel() * p.element_size() for p in trained)  # their gradients
+    return {"setting": setting if len(args.trainable) == 1 else f"{setting}, {trainable}"
+            + (f" r{args.lora_rank}" if trainable == "lora" else ""),
+            "trainable": trainable, "trained_mib": trained_bytes / 2**20, "step_s": step, "bank_s": bank_seconds, "request_s": request_seconds,
             "steps": len(timer.seconds), "peak_gib": peak / 2**30, "optimizer_state": state_dtypes,
             "unet_params": sum(p.numel() for p in module.unet.parameters()),
             "trainable_params": sum(p.numel() for p in module.unet.parameters() if p.requires_grad)}
@@ -179,14 +192,17 @@ def main() -> None:
     p.add_argument("--bank-trajectories", type=int, default=None, help="ESD bank trajectories (default 16 GPU, 2 CPU)")
     p.add_argument("--ddim-steps", type=int, default=None,
                    help="DDIM steps of each trajectory (default 50 GPU, 10 CPU)")
-    p.add_argument("--trainable", default="esd-x", choices=["esd-x", "esd-u"],
-                   help="weights the request trains: esd-x (cross-attention, 3 %% of SD) or esd-u (the rest, 97 %%)")
+    p.add_argument("--trainable", nargs="+", default=["esd-x"], choices=["esd-x", "esd-u", "kv-xattn", "lora"],
+                   help="what the request trains, one run per value: esd-x (cross-attention, 3 %% of SD), esd-u "
+                        "(the rest, 97 %%), kv-xattn (cross-attention K/V), lora (a LoRA adapter on the K/V)")
+    p.add_argument("--lora-rank", type=int, default=4, help="rank of the LoRA adapter (alpha = rank)")
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), help=f"subset of {list(SETTINGS)}")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: reduced size, 3 steps, 1 short trajectory; numbers mean nothing")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--_measure", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_folder", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_trainable", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     gpu = args.device.startswith("cuda")
     if args.quick:
@@ -201,17 +217,18 @@ def main() -> None:
     args.ddim_steps = args.ddim_steps or (50 if gpu else 10)
 
     if args._measure:  # child process: one setting
-        print("RESULT " + json.dumps(measure(args._measure, Path(args._folder), args)), flush=True)
+        print("RESULT " + json.dumps(measure(args._measure, args._trainable, Path(args._folder), args)), flush=True)
         return
 
     with tempfile.TemporaryDirectory(prefix="sd_scale_") as tmp:
         build_pipeline_folder(args.size, Path(tmp))
         results = []
-        for setting in args.settings:
-            cmd = [sys.executable, __file__, "--_measure", setting, "--_folder", str(Path(tmp) / "pipeline"),
+        for setting, trainable in ((s, t) for s in args.settings for t in args.trainable):
+            cmd = [sys.executable, __file__, "--_measure", setting, "--_trainable", trainable,
+                   "--_folder", str(Path(tmp) / "pipeline"),
                    "--size", args.size, "--device", args.device, "--steps", str(args.steps),
                    "--bank-trajectories", str(args.bank_trajectories), "--ddim-steps", str(args.ddim_steps),
-                   "--trainable", args.trainable]
+                   "--trainable", *args.trainable, "--lora-rank", str(args.lora_rank)]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -224,17 +241,20 @@ def main() -> None:
     base = results[0]
     where = (torch.cuda.get_device_name(args.device) if gpu else f"CPU ({os.cpu_count()} cores)")
     memory = "CUDA max_memory_allocated" if gpu else "peak RSS of the process"
+    trains = "; ".join(f"{r['trainable']} trains {r['trainable_params'] / 1e6:.3f} M"
+                       for r in {r["trainable"]: r for r in results}.values())
     print(f"{machine_line()}\ndevice: {where}; size {args.size}: UNet {base['unet_params'] / 1e6:.1f} M parameters, "
-          f"{args.trainable} trains {base['trainable_params'] / 1e6:.2f} M; batch 1, {args.steps} steps, bank "
-          f"{args.bank_trajectories} trajectories x {args.ddim_steps} DDIM steps; memory = {memory}\n")
+          f"{trains}; batch 1, {args.steps} steps, bank {args.bank_trajectories} trajectories x {args.ddim_steps} "
+          f"DDIM steps; memory = {memory}\n")
     headers = ["setting", "step (s)", "bank (s)", f"request: bank + {args.steps} steps (s)",
-               f"projected {PROJECTED_STEPS}-step request (s)", "peak memory (GiB)", "step / fp32", "request / fp32",
-               "memory / fp32", "optimizer state"]
+               f"projected {PROJECTED_STEPS}-step request (s)", "peak memory (GiB)", "trained state (MiB)",
+               "step / first", "request / first", "memory / first", "trained state / first", "optimizer state"]
     rows = []
     for r in results:
         projected = r["bank_s"] + PROJECTED_STEPS * r["step_s"]
-        rows.append([r["setting"], r["step_s"], r["bank_s"], r["request_s"], projected, r["peak_gib"],
+        rows.append([r["setting"], r["step_s"], r["bank_s"], r["request_s"], projected, r["peak_gib"], r["trained_mib"],
                      r["step_s"] / base["step_s"], r["request_s"] / base["request_s"], r["peak_gib"] / base["peak_gib"],
+                     r["trained_mib"] / base["trained_mib"],
                      "+".join(d.replace("torch.", "") for d in r["optimizer_state"])])
     print(table(headers, rows))
 
