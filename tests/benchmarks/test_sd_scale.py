@@ -23,6 +23,7 @@ def test_sd_scale_quick_prints_one_row_per_setting_with_8bit_state_where_asked()
     assert rows[0][-1] == "float32" and "uint8" in rows[2][-1]
 
 
+@pytest.mark.slow  # two model builds and requests in subprocesses (about a minute on a quiet 2-core CPU)
 def test_sd_scale_quick_compares_lora_with_the_full_kv_set():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sd_scale.py"), "--quick", "--threads", "1",
