@@ -26,6 +26,8 @@ def l2_norms(current: dict[str, torch.Tensor], reference: dict[str, torch.Tensor
 class DriftRecorder(RequestCallback):
     """Record the L2 drift of the trainable weights after each request (from base and from the request's start)."""
 
+    acts_on_training = None  # it only reads the weights a request starts and ends with
+
     def __init__(self, name: str | None = None) -> None:
         """
         Args:

@@ -75,6 +75,8 @@ def drop_near_duplicates(vectors: torch.Tensor, threshold: float = DUPLICATE_COS
 class GradientProjection(RequestCallback):
     """Project cross-attention K/V changes off the text directions of protected concepts."""
 
+    acts_on_training = "it projects the gradients (or updates) of the optimizer steps"
+
     def __init__(
         self,
         mode: Literal["gradient", "update"] = "gradient",

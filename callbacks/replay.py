@@ -72,6 +72,8 @@ def replay_bank(vocabulary: ConceptVocabulary, excluded: list[Request], prompts:
 class Replay(RequestCallback):
     """Retention loss: MSE between the trained and the frozen model's predictions on retained prompts."""
 
+    acts_on_training = "it adds a retention loss on replayed prompts to the training steps"
+
     def __init__(
         self,
         weight: float = 1.0,

@@ -40,6 +40,18 @@ class NonFiniteLossError(FloatingPointError):
     """The unlearning loss became NaN or infinite; the request is stopped."""
 
 
+def check_edit_is_saved(method: UnlearningMethod, unet: torch.nn.Module, trainable: str, trainable_keys: list[str]) -> None:
+    """A :class:`SettingsError` unless the trainable set holds every weight a training-free
+    method edits: a request saves, merges and measures the trainable keys only, so an edit
+    outside them would be lost at the first commit."""
+    outside = sorted(set(method.edited_keys(unet)) - set(trainable_keys))
+    if outside:
+        raise SettingsError(
+            f"--model.trainable={trainable} does not hold the weights {type(method).__name__} edits (e.g. {outside[0]}); "
+            "use kv-xattn (its cross-attention keys and values), esd-x or full"
+        )
+
+
 class UnlearningModule(LightningModule):
     """Wraps a backbone (tiny world or Stable Diffusion) and an unlearning method."""
 
@@ -94,6 +106,8 @@ class UnlearningModule(LightningModule):
             self.unet.enable_gradient_checkpointing()
         self.trainable = trainable
         self.trainable_keys = apply_trainable(self.unet, trainable)
+        if self.method.training_free:
+            check_edit_is_saved(self.method, self.unet, trainable, self.trainable_keys)
         # Outside a stream the tiny world's own vocabulary stands in; a Stable Diffusion model has
         # none: its requests come with the stream's (begin_request's ``vocabulary``).
         self.default_vocabulary: ConceptVocabulary | None = None if pretrained else tiny_vocabulary()
@@ -235,6 +249,13 @@ class UnlearningModule(LightningModule):
         )
         self.__dict__["_method_context"] = context
         self.method.prepare_request(context)
+
+    @torch.no_grad()
+    def apply_method_edit(self) -> None:
+        """Serve the current request with a training-free method: load its closed-form edit
+        (computed from the weights the request starts from) into the UNet."""
+        edited = self.method.edit(self.method_context)
+        self.load_trainable_state(edited, source=f"{type(self.method).__name__}'s edit")
 
     def clear_request(self) -> None:
         """Forget the request being served (plan, captions, reference copy, method context): the
