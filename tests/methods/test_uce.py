@@ -146,3 +146,28 @@ def test_bad_settings_are_named_errors(tmp_path, cli_error, option, says):
                       option, *CORNER])
     assert says in line
     assert not run.exists()
+
+
+@pytest.mark.parametrize("overlay", ["configs/protocols/simultaneous.yaml", "configs/protocols/independent_ties.yaml"])
+def test_protocols_that_restart_from_the_base_edit_the_base(tmp_path, overlay):
+    from lightning_unlearn.requests import ConceptVocabulary
+
+    run = tmp_path / "run"
+    main(["unlearn", "--config", CONFIG, "--config", overlay, "--data.requests=[Van Gogh, Cartoon]",
+          f"--stream.run_dir={run}", *CORNER])
+    rows = json.loads((run / "results.json").read_text())
+    assert [r["train_steps"] for r in rows[1:]] == [0, 0]
+    second = load_file(str(run / "requests" / "02-cartoon" / "weights.safetensors"))
+    protocol = "simultaneous" if "simultaneous" in overlay else "independent"
+    requests = [Request("Van Gogh", "style"), Request("Cartoon", "style")]
+    base = UnlearningModule(method=UCE(), trainable="kv-xattn")
+    vocabulary = ConceptVocabulary(styles=["Van Gogh", "Cartoon", "Monet"], objects=["circle", "star"])
+    base.begin_request(plan_request(requests, 1, protocol, merging=protocol == "independent"), [],
+                       vocabulary=vocabulary)
+    # simultaneous: both concepts in one solve from the base; independent: Cartoon alone from the base.
+    assert [r.concept for r in base.method_context.erasing] == (
+        ["Van Gogh", "Cartoon"] if protocol == "simultaneous" else ["Cartoon"])
+    for name, value in base.method.edit(base.method_context).items():
+        torch.testing.assert_close(second[name], value, rtol=1e-5, atol=1e-6)
+    if protocol == "independent":  # TIES merges the edits' task vectors like trained ones
+        assert (run / "requests" / "02-cartoon" / "merged.safetensors").is_file()
