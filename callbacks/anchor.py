@@ -23,6 +23,8 @@ from lightning_unlearn.checks import non_negative
 class AnchorRegularizer(RequestCallback):
     """L1/L2 penalty on the drift of the trainable weights from a reference checkpoint."""
 
+    acts_on_training = "it adds an L1/L2 anchor penalty to the training loss"
+
     def __init__(
         self,
         kind: Literal["l1", "l2"] = "l2",

@@ -8,7 +8,7 @@ optimizer (so a callback can freeze tensors with ``requires_grad=False`` in time
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -20,6 +20,11 @@ class RequestCallback(Callback):
     supports_lora: bool = False
     """Whether the callback serves ``--model.trainable=lora`` requests, whose trained parameters
     are adapter factors, not weights; a stream refuses the others at start (docs/lora.md)."""
+    acts_on_training: ClassVar[str | None] = "it acts on a request's optimizer steps"
+    """What the callback does to a request's training (a loss term, a gradient mask or
+    projection, a statistic of the gradients), or ``None`` for one that only reads the weights
+    a request starts and ends with (drift). A training-free method (UCE) takes no optimizer
+    step, so the stream refuses a callback that acts on training, saying this."""
 
     def __init__(self, name: str | None = None) -> None:
         """

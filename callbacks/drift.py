@@ -28,7 +28,7 @@ class DriftRecorder(RequestCallback):
 
     # It reads trainable_state(): with LoRA, the fused effective weights.
     supports_lora = True
-
+    acts_on_training = None  # it only reads the weights a request starts and ends with
 
     def __init__(self, name: str | None = None) -> None:
         """

@@ -97,7 +97,7 @@ class GradientProjection(RequestCallback):
 
     # With LoRA it constrains A so that the effective update s B A is zero on the protected directions.
     supports_lora = True
-
+    acts_on_training = "it projects the gradients (or updates) of the optimizer steps"
 
     def __init__(
         self,

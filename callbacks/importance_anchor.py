@@ -57,6 +57,8 @@ def standardised_weights(importance: dict[str, torch.Tensor], temperature: float
 class ImportanceWeightedAnchor(RequestCallback):
     """Anchor to the request's starting weights, re-weighted per element by exp(-z(I)/T)."""
 
+    acts_on_training = "it adds an importance-weighted anchor penalty to the training loss"
+
     option_prefix = "lightning_unlearn.callbacks.importance_anchor.ImportanceWeightedAnchor"
     record_stem = "importance_anchor"
 

@@ -48,6 +48,8 @@ def _completes_step(trainer: Trainer | None, batch_idx: int) -> bool:
 class InverseEWC(ImportanceWeightedAnchor):
     """Anchor re-weighted by exp(-z(F)/T), F an EMA over requests of the loss's squared gradients."""
 
+    acts_on_training = "it estimates a Fisher from the training gradients and adds a penalty to the training loss"
+
     option_prefix = "lightning_unlearn.callbacks.inverse_ewc.InverseEWC"
     record_stem = "inverse_ewc"
 

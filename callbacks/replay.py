@@ -74,7 +74,7 @@ class Replay(RequestCallback):
 
     # Its retention loss is on the model's predictions; with LoRA its gradient reaches the factors.
     supports_lora = True
-
+    acts_on_training = "it adds a retention loss on replayed prompts to the training steps"
 
     def __init__(
         self,

@@ -34,6 +34,8 @@ IMPORTANCE_SEED_OFFSET = 7_777_777
 class SelectiveFineTuning(RequestCallback):
     """Freeze all but the global top-k fraction of trainable elements, per request."""
 
+    acts_on_training = "it masks the gradients of all but the top-k trainable elements"
+
     def __init__(self, top_k: float = 0.05, importance_batches: int = 8, name: str | None = None) -> None:
         """
         Args:

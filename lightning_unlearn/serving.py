@@ -9,6 +9,7 @@ call to train requests the same way without a stream::
       -> method preparation       module.begin_request(plan, captions, vocabulary, cache_dir)
       -> request hooks            RequestCallback.on_request_start
       -> fit                      train_steps optimizer steps on the caller's Trainer
+                                  (a training-free method: its closed-form edit instead)
       -> end hooks                RequestCallback.on_request_end, request_records
       -> end of training          module.end_request (LoRA: the adapter is fused into the weights)
       -> commit                   the caller's (the stream writes through its RunFolder)
@@ -28,10 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_unlearn.callbacks.base import request_callbacks
+from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.preemption import EXIT_PREEMPTED, EXIT_SIGINT, EXIT_SIGTERM, StreamStopped
 from lightning_unlearn.protocols import RequestPlan
 from lightning_unlearn.unlearning_module import NonFiniteLossError, UnlearningModule
@@ -119,14 +122,20 @@ def serve_request(
     prepare_request(trainer, module, data, plan, cap, cache_dir)
     if before_fit is not None:
         before_fit()
-    per_fit = [*fit_callbacks, *([checkpoints] if checkpoints is not None else [])]
-    try:
-        fit_request(trainer, module, data, start_step + cap, per_fit, resume)
-    except NonFiniteLossError as error:
-        if on_failure is not None:
-            on_failure(error, trainer.global_step - start_step + 1)
-        raise
-    _stop_if_fit_was_cut_short(trainer, plan, cap, checkpoints)
+    if module.method.training_free:
+        # A closed-form edit (UCE) stands where fit would run: no optimizer step, nothing to
+        # checkpoint mid-way (an interrupted edit is simply redone), steps stay 0.
+        save_cli_config(trainer, module)
+        module.apply_method_edit()
+    else:
+        per_fit = [*fit_callbacks, *([checkpoints] if checkpoints is not None else [])]
+        try:
+            fit_request(trainer, module, data, start_step + cap, per_fit, resume)
+        except NonFiniteLossError as error:
+            if on_failure is not None:
+                on_failure(error, trainer.global_step - start_step + 1)
+            raise
+        _stop_if_fit_was_cut_short(trainer, plan, cap, checkpoints)
     for callback in request_callbacks(trainer):
         callback.on_request_end(trainer, module)
     for callback in request_callbacks(trainer):
@@ -139,6 +148,34 @@ def serve_request(
     if commit is not None:
         commit(served)
     return served
+
+
+class CallbackNeedsTrainingError(SettingsError):
+    """A callback that acts on a request's training was given a training-free method (UCE)."""
+
+
+def check_callbacks_apply(trainer: Trainer, module: UnlearningModule) -> None:
+    """Refuse, before any work, a request callback that acts on training when the method is
+    training-free: it would silently do nothing (a penalty on no loss, a mask on no gradient)."""
+    if not module.method.training_free:
+        return
+    method = type(module.method).__name__
+    for callback in request_callbacks(trainer):
+        if callback.acts_on_training is not None:
+            raise CallbackNeedsTrainingError(
+                f"--trainer.callbacks: {type(callback).__name__} does not apply to {method}, a training-free "
+                f"closed-form edit with no optimizer step, and {callback.acts_on_training}; remove it "
+                "(DriftRecorder and --stream.merge do apply)"
+            )
+
+
+def save_cli_config(trainer: Trainer, module: LightningModule) -> None:
+    """Write the command's ``config.yaml`` as LightningCLI does when a fit starts (its
+    SaveConfigCallback's ``setup`` hook, once): a training-free stream never fits, and export and
+    report read the run's settings from that file."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, SaveConfigCallback):
+            callback.setup(trainer, module, stage="fit")
 
 
 def prepare_request(trainer: Trainer, module: UnlearningModule, data: ConceptStreamDataModule,

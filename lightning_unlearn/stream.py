@@ -54,7 +54,7 @@ from lightning_unlearn.run_folder import (
 )
 from lightning_unlearn.semantic_analysis import analyse_request
 from lightning_unlearn.serving import (
-    ResumePoint, ServedRequest, attach_datamodule, disable_lightning_auto_requeue, serve_request,
+    ResumePoint, ServedRequest, attach_datamodule, check_callbacks_apply, disable_lightning_auto_requeue, serve_request,
     to_training_device, use_checkpoint_io,
 )
 from lightning_unlearn.stream_evaluation import StreamEvaluation, UATargetStop, build_evaluator, check_scorable
@@ -142,6 +142,7 @@ class StreamRunner:
         plan_request(data.requests, 0, settings.protocol, settings.merge is not None)
         module.method.check_stream(module.backbone, data.requests, data.vocabulary)
         refuse_callbacks_without_lora_support(module.trainable, request_callbacks(trainer))
+        check_callbacks_apply(trainer, module)
         check_scorable(module, data.vocabulary, settings.evaluation)
         self.folder = RunFolder(settings.run_dir)
         self.run_dir = self.folder.path
@@ -218,8 +219,7 @@ class StreamRunner:
         attach_datamodule(self.trainer, self.data)
         if self.progress is not None:
             total, every = len(self.data.requests), max(1, self.settings.evaluate_every)
-            cap = self.settings.simultaneous.max_steps if self.settings.protocol == "simultaneous" else self.data.steps_per_request
-            self.progress.start_stream(total, completed, cap, [(i + 1) % every == 0 or i + 1 == total for i in range(total)],
+            self.progress.start_stream(total, completed, self._step_cap(), [(i + 1) % every == 0 or i + 1 == total for i in range(total)],
                                        device=str(self.trainer.strategy.root_device))
         if self.trainer.is_global_zero:
             evaluator = build_evaluator(self.module, self.data.vocabulary, self.settings.evaluation)
@@ -294,7 +294,7 @@ class StreamRunner:
         where = f"request {index + 1} ({request.concept})"
         self._stop_if_preempted(where)
         what = request.concept if len(plan.erasing) == 1 else f"{len(plan.erasing)} concepts up to {request.concept!r}"
-        cap = settings.simultaneous.max_steps if protocol == "simultaneous" else self.data.steps_per_request
+        cap = self._step_cap()
         if self.progress is not None:  # the live view announces the request (one line, not two)
             self.progress.start_request(index, request.concept, cap, self.trainer.global_step,
                                         what=f"{protocol}, unlearn {request.kind} {what}")
@@ -306,7 +306,7 @@ class StreamRunner:
         if self.progress is not None:
             self.progress.start_step = start_step  # a resumed request counts its steps from its first start
         stopper = None
-        if protocol == "simultaneous":
+        if protocol == "simultaneous" and cap:  # a training-free edit has no steps to stop
             stopper = UATargetStop(self.evaluation.evaluator if self.evaluation is not None else None,
                                    list(plan.erasing), settings.simultaneous, self.data.vocabulary, self.domains,
                                    first_step=start_step)
@@ -333,6 +333,13 @@ class StreamRunner:
             commit=commit,
         )
         self.trainer.strategy.barrier()
+
+    def _step_cap(self) -> int:
+        """Optimizer steps a request may take: the simultaneous cap or ``steps_per_request``; 0 for a
+        training-free method (UCE), whose closed-form edit takes none."""
+        if self.module.method.training_free:
+            return 0
+        return self.settings.simultaneous.max_steps if self.settings.protocol == "simultaneous" else self.data.steps_per_request
 
     def _resume_point(self, index: int, identity: dict[str, Any], cap: int) -> ResumePoint | None:
         """Where request ``index`` resumes: its newest mid-request checkpoint, if any."""

@@ -44,6 +44,18 @@ class NonFiniteLossError(FloatingPointError):
     """The unlearning loss became NaN or infinite; the request is stopped."""
 
 
+def check_edit_is_saved(method: UnlearningMethod, unet: torch.nn.Module, trainable: str, trainable_keys: list[str]) -> None:
+    """A :class:`SettingsError` unless the trainable set holds every weight a training-free
+    method edits: a request saves, merges and measures the trainable keys only, so an edit
+    outside them would be lost at the first commit."""
+    outside = sorted(set(method.edited_keys(unet)) - set(trainable_keys))
+    if outside:
+        raise SettingsError(
+            f"--model.trainable={trainable} does not hold the weights {type(method).__name__} edits (e.g. {outside[0]}); "
+            "use kv-xattn (its cross-attention keys and values), esd-x or full"
+        )
+
+
 class UnlearningModule(LightningModule):
     """Wraps a backbone (tiny world or Stable Diffusion) and an unlearning method."""
 
@@ -114,6 +126,13 @@ class UnlearningModule(LightningModule):
         else:
             self.trainable_keys = apply_trainable(self.unet, trainable)
             self.weight_keys = list(self.trainable_keys)
+        if self.method.training_free:
+            if self.lora is not None:
+                raise SettingsError(
+                    f"--model.trainable=lora trains an adapter, but {type(self.method).__name__} is a training-free "
+                    "edit of the weights; use kv-xattn (its cross-attention keys and values), esd-x or full"
+                )
+            check_edit_is_saved(self.method, self.unet, trainable, self.trainable_keys)
         self.last_adapter: dict[str, torch.Tensor] | None = None
         """LoRA: the factors of the adapter the last request trained (``end_request``), for its commit."""
         # Outside a stream the tiny world's own vocabulary stands in; a Stable Diffusion model has
@@ -277,6 +296,13 @@ class UnlearningModule(LightningModule):
             self.last_adapter = adapter_state(self.unet)
             fuse_request_adapter(self.unet)
             self.trainable_keys = []
+
+    @torch.no_grad()
+    def apply_method_edit(self) -> None:
+        """Serve the current request with a training-free method: load its closed-form edit
+        (computed from the weights the request starts from) into the UNet."""
+        edited = self.method.edit(self.method_context)
+        self.load_trainable_state(edited, source=f"{type(self.method).__name__}'s edit")
 
     def clear_request(self) -> None:
         """Forget the request being served (plan, captions, reference copy, method context): the

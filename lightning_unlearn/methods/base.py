@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 
 
 class UnlearningMethod:
-    """Base class of unlearning losses (ESD, Concept Ablation, ...)."""
+    """Base class of unlearning losses (ESD, Concept Ablation, ...) and training-free edits (UCE)."""
+
+    training_free: bool = False
+    """True for a method that erases by a closed-form :meth:`edit` instead of a loss: the stream
+    applies the edit where a request would train (no optimizer step) and refuses regularizers
+    that act on training."""
 
     def prepare_request(self, context: MethodContext) -> None:
         """Build what this request needs (x_t banks, anchor data...) before training starts.
@@ -37,6 +42,15 @@ class UnlearningMethod:
     def loss(self, context: MethodContext, batch: dict[str, Any]) -> torch.Tensor:
         """The unlearning loss of one batch (``caption``: list[str], ``seed``: [B] tensor)."""
         raise NotImplementedError
+
+    def edit(self, context: MethodContext) -> dict[str, torch.Tensor]:
+        """A training-free method's new values of :meth:`edited_keys` for this request (computed
+        from the weights the request starts from); loss-based methods have none."""
+        raise NotImplementedError(f"{type(self).__name__} trains on a loss; it has no closed-form edit")
+
+    def edited_keys(self, unet: torch.nn.Module) -> list[str]:
+        """Names of the UNet weights :meth:`edit` changes (training-free methods only)."""
+        raise NotImplementedError(f"{type(self).__name__} trains on a loss; it has no closed-form edit")
 
     def state_dict(self) -> dict[str, Any]:
         """Per-request state worth checkpointing (default: none; prepared data is rebuilt)."""
