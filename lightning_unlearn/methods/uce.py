@@ -156,9 +156,11 @@ class UCE(UnlearningMethod):
                 style", ...: the prompts users write).
         """
         if preserve not in PRESERVE_CHOICES:
-            raise SettingsError(f"--model.method.init_args.preserve must be one of {', '.join(PRESERVE_CHOICES)}, got {preserve!r}")
+            raise SettingsError(
+                f"--model.method.init_args.preserve must be one of {', '.join(PRESERVE_CHOICES)}, got {preserve!r}")
         if prompts not in PROMPT_CHOICES:
-            raise SettingsError(f"--model.method.init_args.prompts must be one of {', '.join(PROMPT_CHOICES)}, got {prompts!r}")
+            raise SettingsError(
+                f"--model.method.init_args.prompts must be one of {', '.join(PROMPT_CHOICES)}, got {prompts!r}")
         non_negative(preserve_weight, "--model.method.init_args.preserve_weight")
         positive(ridge, "--model.method.init_args.ridge")
         self.style_guide, self.object_guide = style_guide, object_guide
@@ -171,7 +173,8 @@ class UCE(UnlearningMethod):
 
     def check_stream(self, backbone: Backbone, requests: Sequence[Request], vocabulary: ConceptVocabulary) -> None:
         """A guide must be empty or a concept of its kind in the vocabulary, and never erased."""
-        for kind, guide, option in (("style", self.style_guide, "style_guide"), ("object", self.object_guide, "object_guide")):
+        guides = (("style", self.style_guide, "style_guide"), ("object", self.object_guide, "object_guide"))
+        for kind, guide, option in guides:
             if not guide:
                 continue
             known = vocabulary.concepts(kind)  # type: ignore[arg-type]
