@@ -339,7 +339,9 @@ class StreamRunner:
         training-free method (UCE), whose closed-form edit takes none."""
         if self.module.method.training_free:
             return 0
-        return self.settings.simultaneous.max_steps if self.settings.protocol == "simultaneous" else self.data.steps_per_request
+        if self.settings.protocol == "simultaneous":
+            return self.settings.simultaneous.max_steps
+        return self.data.steps_per_request
 
     def _resume_point(self, index: int, identity: dict[str, Any], cap: int) -> ResumePoint | None:
         """Where request ``index`` resumes: its newest mid-request checkpoint, if any."""

@@ -44,14 +44,16 @@ class NonFiniteLossError(FloatingPointError):
     """The unlearning loss became NaN or infinite; the request is stopped."""
 
 
-def check_edit_is_saved(method: UnlearningMethod, unet: torch.nn.Module, trainable: str, trainable_keys: list[str]) -> None:
+def check_edit_is_saved(method: UnlearningMethod, unet: torch.nn.Module, trainable: str,
+                        trainable_keys: list[str]) -> None:
     """A :class:`SettingsError` unless the trainable set holds every weight a training-free
     method edits: a request saves, merges and measures the trainable keys only, so an edit
     outside them would be lost at the first commit."""
     outside = sorted(set(method.edited_keys(unet)) - set(trainable_keys))
     if outside:
         raise SettingsError(
-            f"--model.trainable={trainable} does not hold the weights {type(method).__name__} edits (e.g. {outside[0]}); "
+            f"--model.trainable={trainable} does not hold the weights {type(method).__name__} edits "
+            f"(e.g. {outside[0]}); "
             "use kv-xattn (its cross-attention keys and values), esd-x or full"
         )
 

@@ -63,32 +63,41 @@ def edited_keys(unet: nn.Module) -> list[str]:
     return [name for name, _ in unet.named_parameters() if name.endswith(EDITED_PROJECTIONS)]
 
 
-def closed_form_edit(
-    weight: torch.Tensor, erased: torch.Tensor, guide: torch.Tensor, preserved: torch.Tensor,
-    preserve_weight: float, ridge: float,
+def edit_transform(
+    erased: torch.Tensor, guide: torch.Tensor, preserved: torch.Tensor, preserve_weight: float, ridge: float,
 ) -> torch.Tensor:
-    """W' = (W G E^T + lambda_p W P P^T + lambda W)(E E^T + lambda_p P P^T + lambda I)^-1.
+    """T, [d, d], with W' = W T for *every* weight W of input width d.
+
+    The solve's right-hand side is W (G^T E + lambda_p P^T P + lambda I) and its Gram matrix
+    E^T E + lambda_p P^T P + lambda I holds no W, so one d x d solve serves all the
+    cross-attention keys and values: T = (G^T E + lambda_p P^T P + lambda I)(E^T E + ...)^-1.
 
     Args:
-        weight: W, [out, d].
         erased: E, [n_e, d]: the erased token states (rows).
-        guide: G, [n_e, d]: the guide state each erased row is mapped onto (W's output of it).
+        guide: G, [n_e, d]: the guide state each erased row is mapped onto.
         preserved: P, [n_p, d]: the preserved token states (n_p may be 0).
         preserve_weight: lambda_p.
         ridge: lambda (> 0 keeps the system invertible whatever the states).
 
     Returns:
-        W' in ``weight``'s dtype. Solved in float64 (the Gram matrices of thousands of states
-        lose digits in float32).
+        T in float64 (the Gram matrices of thousands of states lose digits in float32).
     """
-    w = weight.double()
     e, g, p = erased.double(), guide.double(), preserved.double()
-    d = w.shape[1]
-    gram = e.T @ e + preserve_weight * (p.T @ p) + ridge * torch.eye(d, dtype=w.dtype, device=w.device)
-    rhs = (w @ g.T) @ e + preserve_weight * (w @ p.T) @ p + ridge * w
-    # gram is symmetric positive definite: W' = rhs gram^-1 <=> gram W'^T = rhs^T.
-    solved = torch.linalg.solve(gram, rhs.T).T
-    return solved.to(weight.dtype)
+    eye = torch.eye(e.shape[1], dtype=e.dtype, device=e.device)
+    kept = preserve_weight * (p.T @ p) + ridge * eye
+    gram = e.T @ e + kept
+    # gram is symmetric: T = A gram^-1 <=> gram T^T = A^T.
+    return torch.linalg.solve(gram, (g.T @ e + kept).T).T
+
+
+def closed_form_edit(
+    weight: torch.Tensor, erased: torch.Tensor, guide: torch.Tensor, preserved: torch.Tensor,
+    preserve_weight: float, ridge: float,
+) -> torch.Tensor:
+    """W' = (W G^T E + lambda_p W P^T P + lambda W)(E^T E + lambda_p P^T P + lambda I)^-1 for one
+    weight W [out, d] (rows of E, G, P are token states); in ``weight``'s dtype."""
+    transform = edit_transform(erased, guide, preserved, preserve_weight, ridge)
+    return (weight.double() @ transform).to(weight.dtype)
 
 
 def attended_length(mask: torch.Tensor | None, row: int, padded: int) -> int:
@@ -147,9 +156,11 @@ class UCE(UnlearningMethod):
                 style", ...: the prompts users write).
         """
         if preserve not in PRESERVE_CHOICES:
-            raise SettingsError(f"--model.method.init_args.preserve must be one of {', '.join(PRESERVE_CHOICES)}, got {preserve!r}")
+            raise SettingsError(
+                f"--model.method.init_args.preserve must be one of {', '.join(PRESERVE_CHOICES)}, got {preserve!r}")
         if prompts not in PROMPT_CHOICES:
-            raise SettingsError(f"--model.method.init_args.prompts must be one of {', '.join(PROMPT_CHOICES)}, got {prompts!r}")
+            raise SettingsError(
+                f"--model.method.init_args.prompts must be one of {', '.join(PROMPT_CHOICES)}, got {prompts!r}")
         non_negative(preserve_weight, "--model.method.init_args.preserve_weight")
         positive(ridge, "--model.method.init_args.ridge")
         self.style_guide, self.object_guide = style_guide, object_guide
@@ -162,7 +173,8 @@ class UCE(UnlearningMethod):
 
     def check_stream(self, backbone: Backbone, requests: Sequence[Request], vocabulary: ConceptVocabulary) -> None:
         """A guide must be empty or a concept of its kind in the vocabulary, and never erased."""
-        for kind, guide, option in (("style", self.style_guide, "style_guide"), ("object", self.object_guide, "object_guide")):
+        guides = (("style", self.style_guide, "style_guide"), ("object", self.object_guide, "object_guide"))
+        for kind, guide, option in guides:
             if not guide:
                 continue
             known = vocabulary.concepts(kind)  # type: ignore[arg-type]
@@ -250,8 +262,7 @@ class UCE(UnlearningMethod):
         preserved = self.preserved_states(context)
         params = dict(context.unet.named_parameters())
         device = params[edited_keys(context.unet)[0]].device
-        erased, guide, preserved = erased.to(device), guide.to(device), preserved.to(device)
-        return {
-            name: closed_form_edit(params[name].detach(), erased, guide, preserved, self.preserve_weight, self.ridge)
-            for name in edited_keys(context.unet)
-        }
+        transform = edit_transform(erased.to(device), guide.to(device), preserved.to(device),
+                                   self.preserve_weight, self.ridge)
+        return {name: (params[name].detach().double() @ transform).to(params[name].dtype)
+                for name in edited_keys(context.unet)}
