@@ -143,8 +143,8 @@ def result_row(number: int, request: Request | None, metrics: dict[str, Any], st
         "cumulative_steps": cumulative,
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
-        # NaN / None on a request that was not evaluated (--stream.evaluate_every).
-        **{k: metrics.get(k, None if k == "collapsed" else float("nan")) for k in COLLAPSE_COLUMNS},
+        # Absent (empty in results.csv) where not measured: a request not evaluated (--stream.evaluate_every).
+        **{k: metrics[k] for k in COLLAPSE_COLUMNS if k in metrics},
     }
 
 
