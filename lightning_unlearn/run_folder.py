@@ -46,9 +46,9 @@ METRIC_NAMES = ("UA", "UA_latest", "IRA", "CRA", "style_acc", "object_acc")
 COLLAPSE_TOP_SHARE = 0.5
 """A classifier head has collapsed when over this share of the retained prompts' images go to
 one class (and over twice the share that class would get if every image were classified as its
-prompt says). Chosen from measurements (docs/studies-and-reports.md, "Collapsed checkpoints"): the base tiny world
-model's largest share is about 1/12 on objects and 1/16 on styles, a Concept Ablation model
-that draws one shape for every prompt puts nearly all images in one class."""
+prompt says). Why 0.5 (docs/studies-and-reports.md, "Reading a report"): the base tiny-world
+model's largest share is 0.10 on objects (1/12 = 0.083) and 0.06 on styles (1/16), measured; a
+Concept Ablation model that draws one shape for every prompt puts nearly all images in one class."""
 COLLAPSE_COLUMNS = ("style_top_share", "object_top_share", "style_entropy", "object_entropy", "collapsed")
 """The collapse indicator of an evaluated model (``evaluation.collapse_indicator``), in each
 results row and ``metrics.json``: per classifier head, the share of the most frequent predicted
@@ -156,6 +156,14 @@ def results_csv(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()})
     return buffer.getvalue()
+
+
+def progress_text(done: int, planned: int | None) -> str:
+    """How far a run got, as reports and study summaries say it: ``8 of 12 requests, unfinished``,
+    ``12 of 12 requests``, or ``3 requests (plan not recorded)``."""
+    if planned is None:
+        return f"{done} requests (plan not recorded)"
+    return f"{done} of {planned} requests" + ("" if done >= planned else ", unfinished")
 
 
 class RunFolder:

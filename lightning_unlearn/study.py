@@ -38,7 +38,7 @@ import yaml
 from lightning_unlearn.checks import ArgumentParser
 from lightning_unlearn.config_names import resolve_config
 from lightning_unlearn.errors import UnlearnError
-from lightning_unlearn.run_folder import RunFolder
+from lightning_unlearn.run_folder import RunFolder, progress_text
 
 STUDY_KEYS = {"root", "common", "report", "runs"}
 RUN_KEYS = {"name", "args"}
@@ -120,12 +120,8 @@ def progress(run_dir: Path) -> dict[str, Any]:
     (``None`` if the folder records no plan), ``finished`` and the text ``"8 of 12 requests,
     unfinished"`` the summaries print."""
     done, planned = RunFolder(run_dir).progress()
-    finished = planned is not None and done >= planned
-    if planned is None:
-        text = f"{done} requests (plan not recorded)"
-    else:
-        text = f"{done} of {planned} requests" + ("" if finished else ", unfinished")
-    return {"done": done, "planned": planned, "finished": finished, "requests": text}
+    return {"done": done, "planned": planned, "finished": planned is not None and done >= planned,
+            "requests": progress_text(done, planned)}
 
 
 def run_study(study: Study, python: str = sys.executable) -> dict[str, Any]:

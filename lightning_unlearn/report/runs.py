@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_unlearn.errors import SettingsError, UnlearnError
-from lightning_unlearn.run_folder import GRID_FILE, METRIC_NAMES, SETTINGS_NAME, RunFolder
+from lightning_unlearn.run_folder import GRID_FILE, METRIC_NAMES, SETTINGS_NAME, RunFolder, progress_text
 
 __all__ = ["METRIC_NAMES", "HEADLINE_METRICS", "RunFolderError", "RequestRecord", "RunRecord", "load_run"]
 
@@ -68,9 +68,7 @@ class RunRecord:
     @property
     def progress(self) -> str:
         """``2 of 2 requests`` / ``1 of 3 requests, unfinished`` / ``1 requests (plan not recorded)``."""
-        if self.planned is None:
-            return f"{self.done} requests (plan not recorded)"
-        return f"{self.done} of {self.planned} requests" + ("" if self.finished else ", unfinished")
+        return progress_text(self.done, self.planned)
 
     @property
     def title(self) -> str:

@@ -115,7 +115,7 @@ def runs_section(runs: list[RunRecord]) -> Section:
     for run in runs:
         if not run.finished:
             section.blocks.append(Note(
-                f"{run.name} is unfinished ({run.progress}): its numbers everywhere in this report are after request "
+                f"{run.name} is unfinished ({run.progress.split(',')[0]} done): its numbers everywhere in this report are after request "
                 f"{last_evaluated(run)['request']}, not final. Re-run its command to finish it."))
     if any(collapsed(r) for run in runs for r in run.results):
         section.blocks.append(Paragraph(

@@ -53,7 +53,7 @@ def test_a_report_over_a_finished_and_an_unfinished_run_marks_the_unfinished_one
     assert not any("final" in h for h in runs["headers"])
     text = page_text(out / "report.html")
     assert "This table mixes finished and unfinished runs" in text
-    assert "esd_three_styles is unfinished (2 of 3 requests, unfinished)" in text
+    assert "esd_three_styles is unfinished (2 of 3 requests done)" in text
     # Its per-request table and every caption that names it carry the mark.
     assert any(c.startswith("esd_three_styles (unfinished: 2 of 3 requests) (") for c in tables(page))
     assert "esd_three_styles:" not in text  # never named without its mark
