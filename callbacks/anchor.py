@@ -73,6 +73,14 @@ class AnchorRegularizer(RequestCallback):
         """Where the penalty is logged."""
         return f"{self.name or f'anchor_{self.kind}_{self.reference}'}/penalty"
 
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind, "weight": self.weight, "reference": self.reference}
+
+    @classmethod
+    def describe(cls, settings: dict[str, Any]) -> str:
+        """``L2 to previous, w=705``."""
+        return f"{str(settings['kind']).upper()} to {settings['reference']}, w={float(settings['weight']):g}"
+
     # -- per request ---------------------------------------------------------------------------
     def on_request_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.keys = list(pl_module.trainable_keys)

@@ -40,6 +40,10 @@ class DriftRecorder(RequestCallback):
         self.record: dict[str, Any] = {}
         """The last request's drift: {"to_base": {...}, "to_previous": {...}} (see ``l2_norms``)."""
 
+    @classmethod
+    def describe(cls, settings: dict[str, Any]) -> str:
+        return "drift recorder"
+
     def on_request_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.trainable_state().items()}
         self.record = {}

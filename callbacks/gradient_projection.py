@@ -159,6 +159,24 @@ class GradientProjection(RequestCallback):
     def log_prefix(self) -> str:
         return self.name or f"projection_{self.mode}"
 
+    def settings(self) -> dict[str, Any]:
+        return {"mode": self.mode, "similarity_threshold": self.similarity_threshold, "top_n": self.top_n,
+                "vocabulary": self.vocabulary, "protect_unlearned": self.protect_unlearned}
+
+    @classmethod
+    def describe(cls, settings: dict[str, Any]) -> str:
+        """``projection (update, cos ≥ 0.3)``; the other choices only when they are set."""
+        parts = [str(settings["mode"])]
+        if settings.get("similarity_threshold") is not None:
+            parts.append(f"cos ≥ {float(settings['similarity_threshold']):g}")
+        if settings.get("top_n"):
+            parts.append(f"{int(settings['top_n'])} most similar")
+        if settings.get("vocabulary"):
+            parts.append(f"from {len(settings['vocabulary'])} listed concepts")
+        if not settings.get("protect_unlearned", True):
+            parts.append("unlearned concepts not protected")
+        return f"projection ({', '.join(parts)})"
+
     def projector(self) -> torch.Tensor | None:
         """P = I - C M ([d_text, d_text]), or ``None`` when nothing is protected."""
         if self.basis is None or self.solve is None:

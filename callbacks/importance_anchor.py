@@ -61,6 +61,8 @@ class ImportanceWeightedAnchor(RequestCallback):
 
     option_prefix = "lightning_unlearn.callbacks.importance_anchor.ImportanceWeightedAnchor"
     record_stem = "importance_anchor"
+    display_name = "importance-weighted anchor"
+    """What the label calls this regularizer."""
 
     def __init__(
         self,
@@ -118,6 +120,15 @@ class ImportanceWeightedAnchor(RequestCallback):
     @property
     def log_prefix(self) -> str:
         return self.name or f"{self.record_stem}_{self.kind}"
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind, "weight": self.weight, "decay": self.decay, "temperature": self.temperature}
+
+    @classmethod
+    def describe(cls, settings: dict[str, Any]) -> str:
+        """``inverse-EWC L2, w=1.6, decay 0.7`` (and ``T=...`` when the temperature is not 1)."""
+        text = f"{cls.display_name} {str(settings['kind']).upper()}, w={float(settings['weight']):g}, decay {float(settings['decay']):g}"
+        return text + (f", T={float(settings['temperature']):g}" if float(settings["temperature"]) != 1.0 else "")
 
     @property
     def log_key(self) -> str:

@@ -52,6 +52,7 @@ class InverseEWC(ImportanceWeightedAnchor):
 
     option_prefix = "lightning_unlearn.callbacks.inverse_ewc.InverseEWC"
     record_stem = "inverse_ewc"
+    display_name = "inverse-EWC"
 
     def __init__(
         self,

@@ -124,6 +124,16 @@ class Replay(RequestCallback):
     def log_prefix(self) -> str:
         return self.name or "replay"
 
+    def settings(self) -> dict[str, Any]:
+        return {"weight": self.weight, "batch": self.batch, "prompts": self.prompts}
+
+    @classmethod
+    def describe(cls, settings: dict[str, Any]) -> str:
+        """``replay w=1, 2 prompts/step (concepts and pairs)``."""
+        bank = {"both": "concepts and pairs", "concepts": "concepts", "pairs": "style-object pairs"}
+        return (f"replay w={float(settings['weight']):g}, {int(settings['batch'])} prompts/step "
+                f"({bank.get(settings['prompts'], settings['prompts'])})")
+
     # -- per request ---------------------------------------------------------------------------
     def on_request_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         vocabulary = getattr(pl_module, "vocabulary", None)

@@ -70,6 +70,14 @@ class SelectiveFineTuning(RequestCallback):
     def log_prefix(self) -> str:
         return self.name or f"selft_{self.top_k:g}"
 
+    def settings(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "importance_batches": self.importance_batches}
+
+    @classmethod
+    def describe(cls, settings: dict[str, Any]) -> str:
+        """``top-k 5%``: the share of trainable elements each request may change."""
+        return f"top-k {100 * float(settings['top_k']):g}%"
+
     # -- importance ----------------------------------------------------------------------------
     def importance(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, torch.Tensor]:
         """|theta * g| per trainable key, g summed over the importance batches (and ranks)."""

@@ -32,6 +32,7 @@ class TrajectoryRegularizer(ImportanceWeightedAnchor):
 
     option_prefix = "lightning_unlearn.callbacks.trajectory.TrajectoryRegularizer"
     record_stem = "trajectory"
+    display_name = "trajectory"
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ CLIP zero-shot classifier from a local folder for real models.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,7 @@ from lightning_unlearn.backbone import Backbone, check_clip_folder
 from lightning_unlearn.checks import at_least, did_you_mean, non_negative
 from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.requests import ConceptVocabulary, Request
+from lightning_unlearn.run_folder import COLLAPSE_COLUMNS, COLLAPSE_TOP_SHARE
 from lightning_unlearn.sampling import SAMPLERS, TextCondition, guided_sample
 
 
@@ -135,9 +137,14 @@ class VocabularySubset(nn.Module):
 
 
 class UnlearningScores(Metric):
-    """Per-(style, object) hit counts of both classifiers; UA / IRA / CRA derive from them.
+    """Per-(style, object) counts of both classifiers; UA / IRA / CRA and the collapse indicator
+    derive from them (:func:`score`).
 
-    Counts add up across processes (``dist_reduce_fx="sum"``), so DDP evaluation is exact.
+    ``style_hits`` / ``object_hits`` / ``count``: [styles, objects] hits and images per cell;
+    ``style_predicted`` [styles, objects, styles] and ``object_predicted`` [styles, objects,
+    objects]: per cell, how many images each head assigned to each class (the predicted-class
+    histogram the collapse indicator reads). Every state is a count that adds up across
+    processes (``dist_reduce_fx="sum"``), so DDP evaluation is exact.
     """
 
     full_state_update = False
@@ -148,6 +155,8 @@ class UnlearningScores(Metric):
         self.add_state("style_hits", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("object_hits", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("style_predicted", torch.zeros((*shape, num_styles), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("object_predicted", torch.zeros((*shape, num_objects), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, style_pred: torch.Tensor, object_pred: torch.Tensor, style: torch.Tensor, obj: torch.Tensor) -> None:
         flat = style * self.count.shape[1] + obj
@@ -155,9 +164,40 @@ class UnlearningScores(Metric):
         self.count += torch.bincount(flat, minlength=n).view_as(self.count)
         self.style_hits += torch.bincount(flat, weights=(style_pred == style).long(), minlength=n).long().view_as(self.count)
         self.object_hits += torch.bincount(flat, weights=(object_pred == obj).long(), minlength=n).long().view_as(self.count)
+        for state, pred in ((self.style_predicted, style_pred), (self.object_predicted, object_pred)):
+            classes = state.shape[-1]
+            state += torch.bincount(flat * classes + pred, minlength=n * classes).view_as(state)
 
     def compute(self) -> dict[str, torch.Tensor]:  # the raw matrices; see :func:`score`
-        return {"style_hits": self.style_hits, "object_hits": self.object_hits, "count": self.count}
+        return {key: getattr(self, key) for key in COUNT_KEYS}
+
+
+COUNT_KEYS = ("style_hits", "object_hits", "count", "style_predicted", "object_predicted")
+"""The tensors of an evaluation's counts (:class:`UnlearningScores`), each a sum over images."""
+SEMANTIC_SUBSET_STRIDE = 4
+"""The semantic analysis without full evaluations scores one prompt cell in this many (:meth:`Evaluator.semantic_subset`)."""
+
+
+def concentration(predicted: torch.Tensor, mask: torch.Tensor, true_classes: int) -> dict[str, float | bool]:
+    """How concentrated one head's predictions are on the ``mask`` cells.
+
+    ``predicted`` [styles, objects, classes] counts; ``true_classes``: how many classes the
+    masked prompts name. Returns the share of the most frequent predicted class (``top_share``),
+    the entropy of the predicted-class distribution over log(classes) (``entropy``, 1 = even
+    over every class the head knows, 0 = one class) and whether the head ``collapsed``
+    (``top_share`` above :data:`COLLAPSE_TOP_SHARE` and above twice 1 / ``true_classes``).
+    """
+    histogram = predicted[mask].sum(0).double()
+    total = float(histogram.sum())
+    if total == 0:
+        return {"top_share": float("nan"), "entropy": float("nan"), "collapsed": False}
+    p = histogram / total
+    top = float(p.max())
+    nonzero = p[p > 0]
+    classes = predicted.shape[-1]
+    entropy = float(-(nonzero * nonzero.log()).sum() / math.log(classes)) if classes > 1 else 0.0
+    return {"top_share": top, "entropy": entropy,
+            "collapsed": top > max(COLLAPSE_TOP_SHARE, 2.0 / max(1, true_classes))}
 
 
 def _pct(hits: torch.Tensor, count: torch.Tensor, mask: torch.Tensor) -> float:
@@ -172,6 +212,8 @@ def score(
 
     ``domains`` are the kinds the stream unlearns: IRA uses their classifiers, CRA the others'.
     Before any request (``erased`` empty) UA is NaN and IRA/CRA are the base model's accuracy.
+    The collapse indicator (:data:`COLLAPSE_COLUMNS`, :func:`collapse_indicator`) is read on
+    the retained prompts.
     """
     sh, oh, n = counts["style_hits"].cpu(), counts["object_hits"].cpu(), counts["count"].cpu()
     s_idx = {c: i for i, c in enumerate(vocabulary.styles)}
@@ -204,6 +246,7 @@ def score(
 
     all_mask = torch.ones_like(retained)
     return {
+        **collapse_indicator(counts, retained, domains),
         "UA": ua(erased),
         "UA_latest": ua(erased[-1:]),
         "IRA": acc(set(domains)),
@@ -213,6 +256,29 @@ def score(
         "per_style": {c: _pct(sh[i], n[i], torch.ones(n.shape[1], dtype=torch.bool)) for c, i in s_idx.items()},
         "per_object": {c: _pct(oh[:, j], n[:, j], torch.ones(n.shape[0], dtype=torch.bool)) for c, j in o_idx.items()},
     }
+
+
+def collapse_indicator(counts: dict[str, torch.Tensor], retained: torch.Tensor,
+                       domains: set[str]) -> dict[str, float | bool | None]:
+    """Per head, the concentration of its predictions on the ``retained`` prompts
+    (:func:`concentration`), and ``collapsed``: whether a head UA is read with (one of
+    ``domains``) collapsed, which makes UA meaningless (every image in one class is "not the
+    erased concept" too). Counts without the predicted-class histograms (an older evaluation
+    cache) give NaN shares and ``collapsed`` None (not measured)."""
+    out: dict[str, float | bool | None] = {}
+    collapsed: bool | None = False
+    for kind, true_classes in (("style", int(retained.any(1).sum())), ("object", int(retained.any(0).sum()))):
+        predicted = counts.get(f"{kind}_predicted")
+        if predicted is None:
+            out[f"{kind}_top_share"] = out[f"{kind}_entropy"] = float("nan")
+            collapsed = None
+            continue
+        head = concentration(predicted.cpu(), retained, true_classes)
+        out[f"{kind}_top_share"], out[f"{kind}_entropy"] = head["top_share"], head["entropy"]
+        if collapsed is not None and kind in domains and head["collapsed"]:
+            collapsed = True
+    out["collapsed"] = collapsed
+    return {key: out[key] for key in COLLAPSE_COLUMNS}  # the results table's columns, in its order
 
 
 class Evaluator:
@@ -244,6 +310,15 @@ class Evaluator:
         if seeds is not None:
             hit &= torch.arange(len(self.captions)) < seeds * per_seed
         return hit.nonzero().flatten()
+
+    def semantic_subset(self) -> torch.Tensor:
+        """The fixed prompts the semantic analysis scores when a model was not fully evaluated:
+        of the first seed, the (style s, object o) cells with (s + o) mod m = 0, m =
+        min(:data:`SEMANTIC_SUBSET_STRIDE`, styles, objects), so every style and every object
+        has prompts (16 x 12: 48 of 192, 3 per style, 4 per object)."""
+        ns, no = len(self.vocabulary.styles), len(self.vocabulary.objects)
+        m = max(1, min(SEMANTIC_SUBSET_STRIDE, ns, no))
+        return torch.tensor([s * no + o for s in range(ns) for o in range(no) if (s + o) % m == 0], dtype=torch.long)
 
     @torch.no_grad()
     def sample(self, unet: nn.Module, items: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,7 +6,8 @@ vocabulary and classifier that evaluation is the same every time, so its result 
 classifiers' hit counts and the grid picture -- is kept in a cache folder under a key that
 fingerprints all of them::
 
-    <cache_dir>/<key>/counts.safetensors   style_hits, object_hits, count ([styles, objects])
+    <cache_dir>/<key>/counts.safetensors   style_hits, object_hits, count ([styles, objects]),
+                                           style_predicted, object_predicted ([styles, objects, classes])
     <cache_dir>/<key>/grid.png
     <cache_dir>/<key>/recipe.json          what the key covers, human-readable; written last
 
@@ -32,16 +33,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_unlearn.atomic_io import load_weights, save_weights, write_json, write_png
-from lightning_unlearn.evaluation import EvaluationSettings, Evaluator
+from lightning_unlearn.evaluation import COUNT_KEYS, EvaluationSettings, Evaluator
 from lightning_unlearn.fingerprint import base_fingerprint, state_fingerprint
 
 if TYPE_CHECKING:
     from lightning_unlearn.unlearning_module import UnlearningModule
 
-CACHE_FORMAT = 1
-"""Bumped whenever the cached content changes meaning, so old entries are never misread."""
-
-COUNT_KEYS = ("style_hits", "object_hits", "count")
+CACHE_FORMAT = 2
+"""Bumped whenever the cached content changes meaning, so old entries are never misread
+(2: the counts hold the predicted-class histograms, ``evaluation.COUNT_KEYS``)."""
 
 NOT_IN_KEY = ("cache_dir", "reuse_base")
 """Evaluation settings that say where results are kept, not what they are."""

@@ -245,11 +245,13 @@ def model_card(plan: ExportPlan, weights_sha256: str, unet_sha256: str, export_c
     if plan.earlier:
         lines += ["", "Erased before this run, in the model it started from (`--data.unlearned`): "
                   + ", ".join(plan.earlier)]
-    regularizers = [c for c in info.get("callbacks", []) if c != "DriftRecorder"]
-    merge = info.get("merge")
+    from lightning_unlearn.callbacks.base import is_recorder, recorded_label
+    from lightning_unlearn.protocols import recorded_protocol_label
+
+    regularizers = [recorded_label(c) for c in info.get("callbacks", []) if not is_recorder(c)]
     lines += ["", "## Training", "",
               f"- method: {info.get('method')} (trainable keys: {info.get('trainable')})",
-              f"- protocol: {info.get('protocol')}" + (f", merged ({merge.get('method', merge)})" if merge else ""),
+              f"- protocol: {recorded_protocol_label(info)}",
               f"- regularizers: {', '.join(regularizers) if regularizers else 'none'}",
               f"- steps per request: {info.get('steps_per_request')}"]
     if plan.pretrained:

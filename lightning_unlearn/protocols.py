@@ -50,6 +50,12 @@ class SimultaneousSettings:
         at_least(self.max_steps, 1, "--stream.simultaneous.max_steps")
         at_least(self.check_seeds, 1, "--stream.simultaneous.check_seeds")
 
+    @property
+    def label(self) -> str:
+        """``until UA ≥ 99 (checked every 50 steps, at most 1000)``."""
+        return (f"until UA ≥ {self.ua_target:g} (checked every {self.check_every_n_steps} steps, "
+                f"at most {self.max_steps})")
+
 
 @dataclass
 class MergeSettings:
@@ -83,6 +89,16 @@ class MergeSettings:
         positive(self.lambda_, "--stream.merge.lambda_")
         in_interval(self.top_k, 0, 1, "--stream.merge.top_k")
 
+    @property
+    def label(self) -> str:
+        """``TIES λ=1.0, top 20%``, ``task arithmetic λ=0.5`` or ``uniform average``."""
+        if self.method == "uniform":
+            return "uniform average"
+        if self.method == "task_arithmetic":
+            return f"task arithmetic λ={_scale(self.lambda_)}"
+        scope = "" if self.trim_scope == "global" else ", top-k per tensor"
+        return f"TIES λ={_scale(self.lambda_)}, top {100 * self.top_k:g}%{scope}"
+
     def merge(self, base: dict[str, torch.Tensor], checkpoints: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """theta_0 + the merged task vectors of ``checkpoints`` (each trained from ``base``)."""
         if self.method == "uniform":
@@ -92,6 +108,39 @@ class MergeSettings:
         if self.method == "ties":
             return merge_ties(base, checkpoints, lambda_=self.lambda_, top_k=self.top_k, scope=self.trim_scope)
         raise ValueError(f"merge method must be uniform, task_arithmetic or ties, got {self.method!r}")
+
+
+def _scale(value: float) -> str:
+    """A merge scale as labels print it: ``1.0``, ``0.25``."""
+    return f"{value:.1f}" if float(value).is_integer() else f"{value:g}"
+
+
+def protocol_label(protocol: str, merge: MergeSettings | None = None,
+                   simultaneous: SimultaneousSettings | None = None) -> str:
+    """A protocol in words, as reports and ``run.json`` show it: ``sequential``, ``simultaneous,
+    until UA ≥ 99 (...)``, ``independent``, ``independent, merged: TIES λ=1.0, top 20%``."""
+    if protocol == "simultaneous" and simultaneous is not None:
+        return f"simultaneous, {simultaneous.label}"
+    if protocol == "independent" and merge is not None:
+        return f"independent, merged: {merge.label}"
+    return protocol
+
+
+def recorded_protocol_label(info: dict) -> str | None:
+    """The protocol label of a ``run.json``: the one recorded at the run's start, else (older run
+    folders) made from the protocol and the merge / simultaneous settings it records; ``None``
+    when it records no protocol."""
+    if info.get("protocol_label"):
+        return str(info["protocol_label"])
+    protocol = info.get("protocol")
+    if not protocol:
+        return None
+    try:
+        merge = MergeSettings(**info["merge"]) if isinstance(info.get("merge"), dict) else None
+        simultaneous = SimultaneousSettings(**info["simultaneous"]) if isinstance(info.get("simultaneous"), dict) else None
+    except (TypeError, ValueError, SettingsError):  # settings this version no longer takes: the bare name
+        return str(protocol)
+    return protocol_label(str(protocol), merge, simultaneous)
 
 
 @dataclass(frozen=True)

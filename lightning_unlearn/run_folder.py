@@ -44,10 +44,22 @@ if TYPE_CHECKING:
 
 METRIC_NAMES = ("UA", "UA_latest", "IRA", "CRA", "style_acc", "object_acc")
 """The evaluation's numbers in each results row (and ``metrics.json``), in column order."""
+COLLAPSE_TOP_SHARE = 0.5
+"""A classifier head has collapsed when over this share of the retained prompts' images go to
+one class (and over twice the share that class would get if every image were classified as its
+prompt says). Why 0.5 (docs/studies-and-reports.md, "Reading a report"): the base tiny-world
+model's largest share is 0.10 on objects (1/12 = 0.083) and 0.06 on styles (1/16), measured; a
+Concept Ablation model that draws one shape for every prompt puts nearly all images in one class."""
+COLLAPSE_COLUMNS = ("style_top_share", "object_top_share", "style_entropy", "object_entropy", "collapsed")
+"""The collapse indicator of an evaluated model (``evaluation.collapse_indicator``), in each
+results row and ``metrics.json``: per classifier head, the share of the most frequent predicted
+class on the retained prompts and the normalised entropy of the predicted classes; ``collapsed``:
+a head UA is read with went over :data:`COLLAPSE_TOP_SHARE`, so UA means
+nothing there. Rows written before the indicator existed lack these keys."""
 RESULT_COLUMNS = (
     "request", "concept", "kind", *METRIC_NAMES,
     "train_steps", "cumulative_steps", "train_seconds", "eval_seconds", "drift_to_base", "drift_to_previous",
-    "similarity_drop_r",
+    "similarity_drop_r", *COLLAPSE_COLUMNS,
 )
 """Columns of ``results.csv`` (``results.json`` rows hold the same keys, unformatted)."""
 
@@ -134,6 +146,8 @@ def result_row(number: int, request: Request | None, metrics: dict[str, Any], st
         "cumulative_steps": cumulative,
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
+        # Absent (empty in results.csv) where not measured: a request not evaluated (--stream.evaluate_every).
+        **{k: metrics[k] for k in COLLAPSE_COLUMNS if k in metrics},
     }
 
 
@@ -145,6 +159,14 @@ def results_csv(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()})
     return buffer.getvalue()
+
+
+def progress_text(done: int, planned: int | None) -> str:
+    """How far a run got, as reports and study summaries say it: ``8 of 12 requests, unfinished``,
+    ``12 of 12 requests``, or ``3 requests (plan not recorded)``."""
+    if planned is None:
+        return f"{done} requests (plan not recorded)"
+    return f"{done} of {planned} requests" + ("" if done >= planned else ", unfinished")
 
 
 class RunFolder:
@@ -307,14 +329,32 @@ class RunFolder:
         """Remove an earlier attempt's ``FAILED.json`` (the request is committed now)."""
         (self.request_dir(index, request) / FAILED_FILE).unlink(missing_ok=True)
 
+    def progress(self) -> tuple[int, int | None]:
+        """``(committed, planned)`` requests: how many the ledger holds, and how many the run
+        plans (the requests ``run.json`` lists, as the last start was given them; the ledger's
+        ``stream`` for folders without one). ``planned`` is ``None`` when neither file says.
+        Reads only, without checking the files (``train.py verify`` does)."""
+        def read(path: Path) -> dict[str, Any]:
+            try:
+                value = json.loads(path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+                return {}
+            return value if isinstance(value, dict) else {}
+
+        described, ledger = read(self.run_info_path), read(self.ledger_path)
+        completed = ledger.get("completed")
+        done = len(completed) if isinstance(completed, list) else 0
+        for plan in (described.get("requests"), ledger.get("stream")):
+            if isinstance(plan, list) and plan:
+                return done, len(plan)
+        return done, None
+
     def is_finished(self) -> bool:
         """Whether every request ``run.json`` lists is in the ledger (False when either is absent)."""
-        try:
-            described = json.loads(self.run_info_path.read_text())
-            ledger = json.loads(self.ledger_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        if not self.run_info_path.is_file() or not self.ledger_path.is_file():
             return False
-        return len(ledger.get("completed", [])) == len(described.get("requests", [None]))
+        done, planned = self.progress()
+        return planned is not None and done == planned
 
     # -- results, run.json, settings ----------------------------------------------------------
     def read_results(self) -> list[dict[str, Any]]:

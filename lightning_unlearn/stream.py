@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jsonargparse import Namespace
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -45,7 +45,9 @@ from lightning_unlearn.preemption import (
     EXIT_PREEMPTED, PreemptionSignal, StreamStopped, requeue, stray_hpc_checkpoints,
 )
 from lightning_unlearn.progress import StreamProgress, quiet_lightning_banners
-from lightning_unlearn.protocols import MergeSettings, ProtocolName, RequestPlan, SimultaneousSettings, plan_request
+from lightning_unlearn.protocols import (
+    MergeSettings, ProtocolName, RequestPlan, SimultaneousSettings, plan_request, protocol_label,
+)
 from lightning_unlearn.request_checkpoints import AtomicCheckpointIO, RequestCheckpoints, clear_checkpoints, latest_checkpoint
 from lightning_unlearn.lora import refuse_callbacks_without_lora_support, save_adapter
 from lightning_unlearn.run_folder import (
@@ -61,7 +63,7 @@ from lightning_unlearn.stream_evaluation import StreamEvaluation, UATargetStop, 
 from lightning_unlearn.unlearning_module import UnlearningModule
 
 __all__ = ["RequestFailedError", "RunFolderBusyError", "StrayHpcCheckpointError", "StreamRunner", "StreamSettings",
-           "UnlearnCLI", "callback_label", "check_run_dir", "unlearn"]
+           "UnlearnCLI", "check_run_dir", "unlearn"]
 
 
 class StrayHpcCheckpointError(UnlearnError, RuntimeError):
@@ -94,7 +96,9 @@ class StreamSettings:
     in between are committed (weights, ledger) with empty metrics."""
     semantic_analysis: bool = True
     """After each request, relate every retained concept's similarity to the target to its
-    accuracy drop and K/V change (``semantic.json``)."""
+    accuracy drop and K/V change (``semantic.json``). With ``evaluate_every`` > 1 the accuracies
+    come from a fixed subset of the evaluation prompts (one seed, about a quarter of the
+    style x object grid, every concept covered) sampled before and after each request."""
     checkpoint_every_n_steps: int | None = None
     """Save a Lightning checkpoint every n optimizer steps of a request into
     ``<run_dir>/checkpoints/`` (atomic; removed once the request is committed), so that a
@@ -119,17 +123,6 @@ class StreamSettings:
                 "--stream.merge combines independently unlearned checkpoints: it needs protocol 'independent' "
                 f"(--stream.protocol=independent), not {self.protocol!r}"
             )
-
-
-def callback_label(callback: Callback) -> str:
-    """A short name for a callback in reports: its name, its log prefix, or its class with the
-    options that tell instances apart (an anchor's kind and reference)."""
-    name = getattr(callback, "name", None) or getattr(callback, "log_prefix", None)
-    if name:
-        return str(name)
-    if hasattr(callback, "kind") and hasattr(callback, "reference"):
-        return f"{callback.kind}_{callback.reference}"
-    return type(callback).__name__
 
 
 class StreamRunner:
@@ -173,13 +166,18 @@ class StreamRunner:
     def describe(self) -> dict[str, Any]:
         """What ``run.json`` says about this run (read by reports and the study runner)."""
         kinds = sorted(self.domains)
+        simultaneous = self.settings.simultaneous if self.settings.protocol == "simultaneous" else None
         return {
             "label": self.run_dir.name,
             "protocol": self.settings.protocol,
+            "protocol_label": protocol_label(self.settings.protocol, self.settings.merge, simultaneous),
             "merge": asdict(self.settings.merge) if self.settings.merge is not None else None,
             "method": type(self.module.method).__name__,
             "trainable": self.module.trainable,
-            "callbacks": [callback_label(cb) for cb in request_callbacks(self.trainer)],
+            # Each callback's label, class and settings (callbacks.base.RequestCallback.label).
+            "callbacks": [cb.run_info_entry() for cb in request_callbacks(self.trainer)],
+            "evaluate_every": self.settings.evaluate_every,
+            "semantic_analysis": self.settings.semantic_analysis,
             "domain": kinds[0] if len(kinds) == 1 else "mixed",
             "requests": [vars(r) for r in self.data.requests],
             "steps_per_request": self.data.steps_per_request,
@@ -420,13 +418,8 @@ class StreamRunner:
             metrics, eval_seconds = dict.fromkeys(METRIC_NAMES, float("nan")), 0.0
         else:
             metrics, eval_seconds = self.evaluation.evaluate(list(plan.scored_erased), out, step=index + 1)
-        if self.settings.semantic_analysis and "per_style" in metrics:
-            before = self.folder.metrics_of(self.ledger, 0 if plan.from_base else index)
-            if before is not None:
-                records["semantic"] = analyse_request(
-                    self.module.backbone, self.data.vocabulary, self.module.reference_unet, self.module.unet,
-                    list(plan.erasing), list(plan.scored_erased), before, metrics,
-                )
+        if self.settings.semantic_analysis:
+            records["semantic"] = self._semantic_analysis(plan, metrics)
         for stem, record in records.items():
             write_json(record, out / f"{stem}.json")
         cumulative = (self.rows[-1]["cumulative_steps"] if self.rows else 0) + served.steps
@@ -449,6 +442,27 @@ class StreamRunner:
             "  UA {UA:.1f}  UA_latest {UA_latest:.1f}  IRA {IRA:.1f}  CRA {CRA:.1f}  "
             "({train_steps} steps, {train_seconds:.0f}s train, {eval_seconds:.0f}s eval)".format(**row)
         )
+
+    def _semantic_analysis(self, plan: RequestPlan, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The request's semantic analysis (``semantic.json``). It compares per-concept accuracy
+        before and after the request: from the full evaluations when the request and the model
+        it started from were both evaluated, else (``--stream.evaluate_every`` > 1) from the
+        fixed subset of prompts both models are sampled on now (``StreamEvaluation.subset_scores``),
+        whose size and cost the record states."""
+        before = None
+        if "per_style" in metrics:
+            before = self.folder.metrics_of(self.ledger, 0 if plan.from_base else plan.index)
+        if before is not None and "per_style" in before:
+            after, scored_on = metrics, {"prompts": "full evaluation"}
+        else:
+            started = time.perf_counter()
+            before, items = self.evaluation.subset_scores(self.module.reference_unet)
+            after, _ = self.evaluation.subset_scores(self.module.unet)
+            scored_on = {"prompts": "subset", "images_per_model": items, "seconds": round(time.perf_counter() - started, 2),
+                         "why": "the request or the model it started from was not evaluated (--stream.evaluate_every)"}
+        record = analyse_request(self.module.backbone, self.data.vocabulary, self.module.reference_unet, self.module.unet,
+                                 list(plan.erasing), list(plan.scored_erased), before, after)
+        return {**record, "scored_on": scored_on}
 
     def _save_weights(self, plan: RequestPlan, out: Any) -> dict[str, Any]:
         """Write the request's weights (and, merging, the merge of requests 1..k, which the

@@ -9,6 +9,7 @@ logger's writer is closed when the stream ends (:meth:`StreamEvaluation.close`).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
 from lightning_unlearn.atomic_io import write_json, write_png
 from lightning_unlearn.errors import SettingsError
@@ -84,6 +86,20 @@ class StreamEvaluation:
         write_json(metrics, out_dir / METRICS_FILE)
         self.log(metrics, outcome.grid, step)
         return metrics, seconds
+
+    def subset_scores(self, unet: nn.Module) -> tuple[dict[str, Any], int]:
+        """Per-concept accuracies of ``unet`` on the evaluator's fixed semantic subset
+        (:meth:`Evaluator.semantic_subset`), sampled under the trainer's precision; returns
+        (``{"per_style": ..., "per_object": ...}``, images sampled). A UNet held in another dtype
+        than the trained one (a ``reference_dtype`` copy) is sampled in the trained one's."""
+        dtype = next(self.module.unet.parameters()).dtype
+        if next(unet.parameters()).dtype != dtype:
+            unet = nn.Module.to(copy.deepcopy(unet), dtype)
+        items = self.evaluator.semantic_subset()
+        with self.trainer.precision_plugin.forward_context():
+            images = self.evaluator.sample(unet, items)
+        metrics = score(self.evaluator.counts(images, items), self.vocabulary, [], self.domains)
+        return {"per_style": metrics["per_style"], "per_object": metrics["per_object"]}, len(items)
 
     def log(self, metrics: dict[str, Any], grid: Any, step: int) -> None:
         """Send the headline numbers and the grid to the Trainer's logger (when it takes scalars)."""

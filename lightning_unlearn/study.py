@@ -18,7 +18,9 @@ Each run is ``python -m lightning_unlearn unlearn <args> <common> --stream.run_d
 in its own process, in the current folder (a crash or a DDP launch in one run cannot leak into
 the next). A run whose ledger says every request is complete is skipped without starting; an
 unfinished one resumes where it stopped (the stream's own resume). Failed runs are reported at
-the end and make the study exit non-zero; the others still run.
+the end and make the study exit non-zero; the others still run. Every run's summary line and
+``study.json`` entry say how many of its planned requests are done ("8 of 12 requests,
+unfinished"); the report covers every run that evaluated its base, unfinished ones marked.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import yaml
 from lightning_unlearn.checks import ArgumentParser
 from lightning_unlearn.config_names import resolve_config
 from lightning_unlearn.errors import UnlearnError
-from lightning_unlearn.run_folder import RunFolder
+from lightning_unlearn.run_folder import RunFolder, progress_text
 
 STUDY_KEYS = {"root", "common", "report", "runs"}
 RUN_KEYS = {"name", "args"}
@@ -113,6 +115,15 @@ def is_finished(run_dir: Path) -> bool:
     return RunFolder(run_dir).is_finished()
 
 
+def progress(run_dir: Path) -> dict[str, Any]:
+    """How far a run got, from its run folder (:meth:`RunFolder.progress`): ``done``, ``planned``
+    (``None`` if the folder records no plan), ``finished`` and the text ``"8 of 12 requests,
+    unfinished"`` the summaries print."""
+    done, planned = RunFolder(run_dir).progress()
+    return {"done": done, "planned": planned, "finished": planned is not None and done >= planned,
+            "requests": progress_text(done, planned)}
+
+
 def run_study(study: Study, python: str = sys.executable) -> dict[str, Any]:
     """Run every unfinished run in turn; returns {name: status} and writes root/study.json."""
     study.root.mkdir(parents=True, exist_ok=True)
@@ -120,8 +131,8 @@ def run_study(study: Study, python: str = sys.executable) -> dict[str, Any]:
     for run in study.runs:
         run_dir = study.run_dir(run)
         if is_finished(run_dir):
-            print(f"[study] {run.name}: finished already, skipped", flush=True)
-            statuses[run.name] = {"status": "skipped (finished)"}
+            statuses[run.name] = {"status": "skipped (finished)", **progress(run_dir)}
+            print(f"[study] {run.name}: finished already, skipped ({statuses[run.name]['requests']})", flush=True)
             continue
         # The package's module, not the checkout's train.py: a wheel install has no checkout. It
         # runs in this folder, where the root and the study's paths are; a repository-relative
@@ -132,16 +143,22 @@ def run_study(study: Study, python: str = sys.executable) -> dict[str, Any]:
         started = time.perf_counter()
         code = subprocess.call(command)
         seconds = round(time.perf_counter() - started, 1)
-        statuses[run.name] = {"status": "finished" if code == 0 else f"failed (exit {code})", "seconds": seconds}
-        print(f"[study] {run.name}: {statuses[run.name]['status']} in {seconds:.0f}s", flush=True)
+        statuses[run.name] = {"status": "finished" if code == 0 else f"failed (exit {code})", "seconds": seconds,
+                              **progress(run_dir)}
+        print(f"[study] {run.name}: {statuses[run.name]['status']} in {seconds:.0f}s "
+              f"({statuses[run.name]['requests']})", flush=True)
     from lightning_unlearn.atomic_io import write_json
 
     write_json({"runs": statuses}, study.root / "study.json")
-    done = [study.run_dir(r) for r in study.runs if is_finished(study.run_dir(r))]
-    if study.report and done:
+    # Unfinished runs that evaluated their base are in the report too, marked as unfinished there.
+    reported = [study.run_dir(r) for r in study.runs if RunFolder(study.run_dir(r)).read_results()]
+    unfinished = [r.name for r in study.runs if not statuses[r.name].get("finished")]
+    if unfinished:
+        print("[study] unfinished: " + ", ".join(f"{n} ({statuses[n]['requests']})" for n in unfinished), flush=True)
+    if study.report and reported:
         from lightning_unlearn.report import write_report
 
-        write_report([str(d) for d in done], study.root / "report", title=f"Study {study.root.name}")
+        write_report([str(d) for d in reported], study.root / "report", title=f"Study {study.root.name}")
         print(f"[study] report: {study.root / 'report' / 'report.html'}", flush=True)
     return statuses
 

@@ -1,6 +1,7 @@
 import math
 
 import torch
+import pytest
 
 from lightning_unlearn.cli import main  # noqa: F401  (imports Lightning at collection: its log handler binds the session's stderr)
 from lightning_unlearn.errors import SettingsError
@@ -87,3 +88,46 @@ def test_a_clip_classifier_with_pickled_weights_is_refused_before_any_file(tiny_
     assert not run.exists()
     # The safetensors folder itself still loads.
     assert ClipZeroShotClassifier(tiny_clip_folder, VOCAB)(torch.zeros(1, 3, 16, 16))[0].shape == (1, 3)
+
+
+def _grid_counts(num_styles: int, num_objects: int, object_pred) -> dict:
+    """Counts of one image per (style, object) cell, the style head always right and the object
+    head predicting ``object_pred(style, object)``."""
+    from lightning_unlearn.evaluation import UnlearningScores
+
+    metric = UnlearningScores(num_styles, num_objects, sync_on_compute=False)
+    style = torch.arange(num_styles).repeat_interleave(num_objects)
+    obj = torch.arange(num_objects).repeat(num_styles)
+    metric.update(style, torch.tensor([object_pred(s, o) for s, o in zip(style.tolist(), obj.tolist())]), style, obj)
+    return metric.compute()
+
+
+def test_a_checkpoint_drawing_one_object_for_every_prompt_is_flagged_collapsed():
+    from lightning_unlearn.evaluation import score
+    from lightning_unlearn.requests import ConceptVocabulary, Request
+
+    vocabulary = ConceptVocabulary(styles=[f"s{i}" for i in range(4)], objects=[f"o{i}" for i in range(12)])
+    erased = [Request("o0", "object")]
+    heart = 3
+    collapsed = score(_grid_counts(4, 12, lambda s, o: heart), vocabulary, erased, {"object"})
+    # Every object but "heart" at 0% and UA high: UA means nothing here, and the row says so.
+    assert collapsed["UA"] == 100.0 and collapsed["object_top_share"] == 1.0 and collapsed["object_entropy"] == 0.0
+    assert collapsed["collapsed"] is True and collapsed["style_top_share"] == 0.25
+    healthy = score(_grid_counts(4, 12, lambda s, o: o), vocabulary, erased, {"object"})
+    assert healthy["collapsed"] is False and healthy["object_top_share"] == pytest.approx(1 / 11)
+    assert healthy["object_entropy"] == pytest.approx(math.log(11) / math.log(12))
+    # A collapsed head of the other kind does not void UA of the erased kind.
+    assert score(_grid_counts(4, 12, lambda s, o: heart), vocabulary, [Request("s0", "style")], {"style"})["collapsed"] is False
+
+
+def test_few_retained_classes_are_not_mistaken_for_a_collapse_and_old_counts_are_not_measured():
+    from lightning_unlearn.evaluation import score
+    from lightning_unlearn.requests import ConceptVocabulary, Request
+
+    vocabulary = ConceptVocabulary(styles=["a", "b"], objects=["x", "y", "z"])
+    # Two objects left: a correct model already puts half of the images in each.
+    counts = _grid_counts(2, 3, lambda s, o: o)
+    assert score(counts, vocabulary, [Request("x", "object")], {"object"})["collapsed"] is False
+    old = {k: counts[k] for k in ("style_hits", "object_hits", "count")}  # an evaluation cache of format 1
+    scored = score(old, vocabulary, [Request("x", "object")], {"object"})
+    assert scored["collapsed"] is None and math.isnan(scored["object_top_share"])

@@ -45,8 +45,13 @@ def test_results_csv_formats_floats_and_keeps_its_columns():
            "drift_to_base": 0.5, "per_style": {"ignored": 1}}
     lines = results_csv([base, row]).splitlines()
     assert lines[0] == ",".join(RESULT_COLUMNS)
-    assert lines[1] == "0,base,,100.00,100.00,100.00,100.00,100.00,100.00,0,0,0.00,12.35,,,"
-    assert lines[2] == "1,Van Gogh,style,0.33,0.33,0.33,0.33,0.33,0.33,10,10,1.00,2.00,0.50,,"
+    assert lines[1] == "0,base,,100.00,100.00,100.00,100.00,100.00,100.00,0,0,0.00,12.35,,,,,,,,"
+    assert lines[2] == "1,Van Gogh,style,0.33,0.33,0.33,0.33,0.33,0.33,10,10,1.00,2.00,0.50,,,,,,,"
+    # The collapse indicator, where the evaluation measured it.
+    collapsed = {**dict.fromkeys(METRIC_NAMES, 50.0), "style_top_share": 0.25, "object_top_share": 0.97,
+                 "style_entropy": 1.0, "object_entropy": 0.1, "collapsed": True}
+    assert results_csv([result_row(2, Request("heart", "object"), collapsed, 1, 11, 0.0, 0.0)]).splitlines()[1].endswith(
+        ",0.25,0.97,1.00,0.10,True")
 
 
 def test_a_second_holder_of_the_lock_is_refused_until_it_is_released(tmp_path):

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_unlearn.errors import UnlearnError
-from lightning_unlearn.run_folder import GRID_FILE, METRIC_NAMES, RunFolder
+from lightning_unlearn.errors import SettingsError, UnlearnError
+from lightning_unlearn.run_folder import GRID_FILE, METRIC_NAMES, SETTINGS_NAME, RunFolder, progress_text
 
 __all__ = ["METRIC_NAMES", "HEADLINE_METRICS", "RunFolderError", "RequestRecord", "RunRecord", "load_run"]
 
@@ -50,6 +50,52 @@ class RunRecord:
     results: list[dict[str, Any]]
     info: dict[str, Any] | None
     requests: list[RequestRecord] = field(default_factory=list)
+    done: int = 0
+    """Requests committed (the ledger's ``completed``)."""
+    planned: int | None = None
+    """Requests the run plans (``run.json``'s list, else the ledger's stream); ``None`` if neither says."""
+    settings: dict[str, Any] | None = None
+    """``stream_settings.json`` (the last start's ``--stream`` settings), if any."""
+    configured_callbacks: list[str] | None = None
+    """Labels of the request callbacks ``config.yaml`` names (class path and settings), for run
+    folders whose ``run.json`` predates recorded labels; ``None`` where it cannot tell."""
+
+    @property
+    def finished(self) -> bool:
+        """Every planned request is committed (an unknown plan counts as unfinished)."""
+        return self.planned is not None and self.done >= self.planned
+
+    @property
+    def progress(self) -> str:
+        """``2 of 2 requests`` / ``1 of 3 requests, unfinished`` / ``1 requests (plan not recorded)``."""
+        return progress_text(self.done, self.planned)
+
+    @property
+    def title(self) -> str:
+        """The run's name as every section shows it: unfinished runs carry their progress."""
+        return self.name if self.finished else f"{self.name} (unfinished: {self.progress.split(',')[0]})"
+
+    @property
+    def protocol_label(self) -> str | None:
+        """The protocol in words (``run.json``), ``None`` without one."""
+        from lightning_unlearn.protocols import recorded_protocol_label
+
+        return recorded_protocol_label(self.info) if self.info else None
+
+    @property
+    def callback_labels(self) -> list[str] | None:
+        """Each request callback in words, as ``run.json`` records it at the run's start; for older
+        folders (``run.json`` lists short names), made from the class and settings ``config.yaml``
+        records. ``None`` without ``run.json``."""
+        from lightning_unlearn.callbacks.base import recorded_label
+
+        entries = (self.info or {}).get("callbacks")
+        if not isinstance(entries, list):
+            return None
+        if any(not isinstance(e, dict) for e in entries) and self.configured_callbacks is not None \
+                and len(self.configured_callbacks) == len(entries):
+            return list(self.configured_callbacks)
+        return [recorded_label(e) for e in entries]
 
     @property
     def protocol(self) -> str | None:
@@ -122,6 +168,19 @@ def read_request(row: dict[str, Any], folder: Path | None) -> RequestRecord:
     return record
 
 
+def configured_callbacks(folder: RunFolder) -> list[str] | None:
+    """Labels of the request callbacks the run's ``config.yaml`` lists (``trainer.callbacks``),
+    each made by its class from its recorded settings; ``None`` without a readable config."""
+    from lightning_unlearn.callbacks.base import configured_labels
+
+    try:
+        config = folder.read_config()
+    except SettingsError:
+        return None
+    callbacks = ((config or {}).get("trainer") or {}).get("callbacks")
+    return configured_labels(callbacks) if isinstance(callbacks, list) else None
+
+
 def load_run(path: str | Path) -> RunRecord:
     """Read a run folder; :class:`RunFolderError` naming what is missing or malformed."""
     path = Path(path)
@@ -130,6 +189,15 @@ def load_run(path: str | Path) -> RunRecord:
     results = read_results(path)
     info = read_info(path)
     name = str((info or {}).get("label") or path.resolve().name)
-    folders = RunFolder(path).request_folders()
+    folder = RunFolder(path)
+    folders = folder.request_folders()
     requests = [read_request(row, folders.get(int(row["request"]))) for row in results]
-    return RunRecord(path=path, name=name, results=results, info=info, requests=requests)
+    done, planned = folder.progress()
+    if not folder.ledger_path.is_file():  # a folder without a ledger: its results rows are its requests
+        done = len(results) - 1
+    settings_path = path / SETTINGS_NAME
+    settings = read_json(settings_path) if settings_path.is_file() else None
+    old_style = isinstance((info or {}).get("callbacks"), list) and any(not isinstance(e, dict) for e in info["callbacks"])
+    return RunRecord(path=path, name=name, results=results, info=info, requests=requests, done=done, planned=planned,
+                     settings=settings if isinstance(settings, dict) else None,
+                     configured_callbacks=configured_callbacks(folder) if old_style else None)

@@ -21,6 +21,7 @@ from lightning_unlearn.report.document import (
     Figure, Gallery, Note, Paragraph, Section, Table, as_float, fmt, fmt_norm, slug,
 )
 from lightning_unlearn.report.runs import HEADLINE_METRICS, METRIC_NAMES, RequestRecord, RunRecord
+from lightning_unlearn.run_folder import COLLAPSE_TOP_SHARE
 
 GRID_MAX_SIDE = 512
 """Longest side of an image grid in the report (the tiny world's 2x grids come back to 32 px tiles)."""
@@ -40,49 +41,92 @@ RESULT_HEADERS = (
     *((metric, metric.replace("_", " "), 1) for metric in METRIC_NAMES),
     ("train_steps", "steps", 0), ("cumulative_steps", "cumulative steps", 0),
     ("train_seconds", "train s", 1), ("eval_seconds", "eval s", 1),
+    ("style_top_share", "style top share", 2), ("object_top_share", "object top share", 2),
+    ("collapsed", "collapsed", 0),
 )
 """(results.json key, column header, decimals) of the per-request tables."""
+UA_KEYS = ("UA", "UA_latest")
+"""The columns a collapsed checkpoint marks as not meaningful."""
+COLLAPSED_MARK = " (collapsed)"
 
 
-def callback_name(entry: Any) -> str:
-    """A callback as run.json lists it, without settings that only repeat its class name."""
-    # The one place that parses a label back out of a string: run.json records each callback as
-    # free text (``stream.callback_label``), and a class listed with only its own name as setting,
-    # ``DriftRecorder{'name': 'DriftRecorder'}``, reads better as ``DriftRecorder``. Anything else
-    # is shown as written. This goes once the run folder records callbacks as structured entries.
-    text = str(entry)
-    match = re.fullmatch(r"(\w+)\{'name': '(\w+)'\}", text)
-    return match.group(1) if match and match.group(1) == match.group(2) else text
+def collapsed(row: dict[str, Any]) -> bool | None:
+    """Whether the results row's checkpoint collapsed (a head UA is read with puts most retained
+    images in one class); ``None`` when not measured (not evaluated, or an older run folder)."""
+    value = row.get("collapsed")
+    return None if value is None else bool(value)
+
+
+def metric_cell(row: dict[str, Any], key: str, digits: int = 1) -> str:
+    """A results cell; UA at a collapsed checkpoint is marked as not meaningful."""
+    if key == "collapsed":
+        return collapse_cell(row)
+    text = fmt(as_float(row.get(key)) if key in METRIC_NAMES else row.get(key), digits)
+    return text + COLLAPSED_MARK if key in UA_KEYS and collapsed(row) and text != "-" else text
+
+
+def collapse_cell(row: dict[str, Any]) -> str:
+    """``yes`` / ``no`` / ``-`` (not measured)."""
+    flag = collapsed(row)
+    return "-" if flag is None else ("yes" if flag else "no")
+
+
+def last_evaluated(run: RunRecord) -> dict[str, Any]:
+    """The run's last results row with numbers (``--stream.evaluate_every`` leaves NaN rows)."""
+    evaluated = [r for r in run.results if not math.isnan(as_float(r.get("IRA")))]
+    return evaluated[-1] if evaluated else run.results[-1]
 
 
 def runs_section(runs: list[RunRecord]) -> Section:
-    """One row per run: where it is, how it was run, and its headline metrics after the last request."""
+    """One row per run: where it is, how it was run, how far it got and its headline metrics
+    after the last evaluated request (final only for a finished run)."""
     section = Section("Runs")
     rows = []
     for run in runs:
         info = run.info or {}
-        last = run.results[-1]
-        merge = info.get("merge")
+        last = last_evaluated(run)
         seconds = sum(as_float(r.get("train_seconds")) + as_float(r.get("eval_seconds")) for r in run.results)
+        labels = run.callback_labels
         rows.append([
-            run.name, str(run.path), info.get("protocol", "-"),
-            (merge.get("method", "-") if isinstance(merge, dict) else fmt(merge)) if "merge" in info else "-",
+            run.title, str(run.path), run.protocol_label or "-",
             info.get("method", "-") + (f" ({info['trainable']})" if info.get("trainable") else ""),
-            ", ".join(callback_name(c) for c in info.get("callbacks") or []) or ("none" if "callbacks" in info else "-"),
+            "-" if labels is None else (", ".join(labels) or "none"),
             info.get("domain") or ", ".join(sorted({r.kind for r in run.requests if r.kind})) or "-",
-            str(len(run.results) - 1), *(fmt(as_float(last.get(metric))) for metric in HEADLINE_METRICS),
+            run.progress, ("final, " if run.finished and last is run.results[-1] else "") + f"after request {last['request']}",
+            *(metric_cell(last, metric) for metric in HEADLINE_METRICS), collapse_cell(last),
             fmt(last.get("cumulative_steps")),
             "-" if math.isnan(seconds) else f"{seconds / 60:.1f}",
         ])
+    finished = [run for run in runs if run.finished]
+    caption = "Runs and their numbers after the last evaluated request"
+    if finished and len(finished) < len(runs):
+        caption += " (finished and unfinished runs mixed: compare with care)"
     section.blocks.append(Table(
-        "Runs and their headline numbers (after the last request)",
-        ["run", "folder", "protocol", "merge", "method", "callbacks", "domain", "requests",
-         *(f"final {metric}" for metric in HEADLINE_METRICS), "cumulative steps", "total minutes"],
+        caption,
+        ["run", "folder", "protocol", "method", "callbacks", "domain", "requests done", "numbers",
+         *HEADLINE_METRICS, "collapsed", "cumulative steps", "total minutes"],
         rows,
     ))
+    if finished and len(finished) < len(runs):
+        section.blocks.append(Paragraph(
+            "This table mixes finished and unfinished runs. An unfinished run's numbers are after fewer requests "
+            "than it plans: they are not its final numbers, and not comparable with a finished run's."
+        ))
+    for run in runs:
+        if not run.finished:
+            section.blocks.append(Note(
+                f"{run.name} is unfinished ({run.progress.split(',')[0]} done): its numbers everywhere in this report are after request "
+                f"{last_evaluated(run)['request']}, not final. Re-run its command to finish it."))
+    if any(collapsed(r) for run in runs for r in run.results):
+        section.blocks.append(Paragraph(
+            f"collapsed: at that checkpoint a classifier head that UA is read with puts over {COLLAPSE_TOP_SHARE:.0%} of "
+            "the retained prompts' images in one class (and over twice the share a correct model would give it): the "
+            "model draws the same thing for most prompts, so a high UA there does not mean the erased concepts were "
+            f"forgotten selectively. UA at such a checkpoint is marked{COLLAPSED_MARK} and is not meaningful."
+        ))
     for run in runs:
         if run.info is None:
-            section.blocks.append(Note(f"{run.name}: no run.json, so protocol, method and callbacks are not recorded (an older run folder)."))
+            section.blocks.append(Note(f"{run.title}: no run.json, so protocol, method and callbacks are not recorded (an older run folder)."))
     return section
 
 
@@ -90,7 +134,7 @@ def curves_section(runs: list[RunRecord]) -> Section:
     """The headline metrics over requests, every run overlaid in one panel per metric."""
     section = Section("Unlearning and retention over requests")
     panels = {
-        metric: [figs.Series(run.name, [int(r["request"]) for r in run.results], [as_float(r.get(metric)) for r in run.results])
+        metric: [figs.Series(run.title, [int(r["request"]) for r in run.results], [as_float(r.get(metric)) for r in run.results])
                  for run in runs]
         for metric in HEADLINE_METRICS
     }
@@ -99,6 +143,14 @@ def curves_section(runs: list[RunRecord]) -> Section:
         "concepts of the erased kind. CRA: the other kind's accuracy on those images."
     ))
     section.blocks.append(Figure("curves.png", figs.metric_curves(panels), "UA, IRA and CRA after each request (request 0 = base)"))
+    for run in runs:
+        flagged = [r for r in run.results if collapsed(r)]
+        if flagged:
+            shares = ", ".join(f"{r['request']} ({max(as_float(r.get('style_top_share')), as_float(r.get('object_top_share'))):.0%})"
+                               for r in flagged)
+            section.blocks.append(Note(
+                f"{run.title}: collapsed at requests {shares} (share of retained images in one predicted class): "
+                "UA there is not meaningful."))
     return section
 
 
@@ -108,7 +160,7 @@ def heatmap_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
     for run in runs:
         measured = [r for r in run.requests if r.metrics and ("per_style" in r.metrics or "per_object" in r.metrics)]
         if not measured:
-            section.blocks.append(Note(f"{run.name}: no metrics.json with per-concept accuracies."))
+            section.blocks.append(Note(f"{run.title}: no metrics.json with per-concept accuracies."))
             continue
         styles, objects = run.vocabulary()
         columns = [(s, "style") for s in styles] + [(o, "object") for o in objects]
@@ -122,8 +174,8 @@ def heatmap_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
         labels = [f"{r.index} {r.concept}" for r in measured]
         section.blocks.append(Figure(
             f"{slugs[run.name]}-heatmap.png",
-            figs.accuracy_heatmap(labels, columns, values, erased, run.name),
-            f"{run.name}: classifier accuracy per style and per object after each request",
+            figs.accuracy_heatmap(labels, columns, values, erased, run.title),
+            f"{run.title}: classifier accuracy per style and per object after each request",
         ))
     return section
 
@@ -131,9 +183,9 @@ def heatmap_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
 def cost_section(runs: list[RunRecord]) -> Section:
     """Optimizer steps, cumulative and per request (the base, request 0, trains none)."""
     section = Section("Training cost")
-    cumulative = [figs.Series(run.name, [int(r["request"]) for r in run.results],
+    cumulative = [figs.Series(run.title, [int(r["request"]) for r in run.results],
                               [as_float(r.get("cumulative_steps")) for r in run.results]) for run in runs]
-    per_request = [figs.Series(run.name, [int(r["request"]) for r in run.results[1:]],
+    per_request = [figs.Series(run.title, [int(r["request"]) for r in run.results[1:]],
                                [as_float(r.get("train_steps")) for r in run.results[1:]]) for run in runs]
     section.blocks.append(Figure("cost.png", figs.cost_curves(cumulative, per_request),
                                  "Optimizer steps: cumulative over the stream, and per request"))
@@ -156,11 +208,11 @@ def drift_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
     to_base, to_previous, rows = [], [], []
     for run in with_drift:
         records = [r for r in run.requests if r.drift]
-        to_base.append(figs.Series(run.name, [r.index for r in records],
+        to_base.append(figs.Series(run.title, [r.index for r in records],
                                    [as_float(r.drift.get("to_base", {}).get("total")) for r in records]))
-        to_previous.append(figs.Series(run.name, [r.index for r in records],
+        to_previous.append(figs.Series(run.title, [r.index for r in records],
                                        [as_float(r.drift.get("to_previous", {}).get("total")) for r in records]))
-        rows += [[run.name, str(r.index), r.concept, fmt_norm(r.drift.get("to_base", {}).get("total")),
+        rows += [[run.title, str(r.index), r.concept, fmt_norm(r.drift.get("to_base", {}).get("total")),
                   fmt_norm(r.drift.get("to_previous", {}).get("total"))] for r in records]
     section.blocks.append(Figure("drift.png", figs.drift_curves(to_base, to_previous),
                                  "L2 norm of the trainable weights' change after each request"))
@@ -169,18 +221,18 @@ def drift_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
         base_layers = _kv_layers(last.drift.get("to_base", {}).get("layers", {}))
         prev_layers = last.drift.get("to_previous", {}).get("layers", {})
         if not base_layers:
-            section.blocks.append(Note(f"{run.name}: drift.json of request {last.index} has no per-layer norms."))
+            section.blocks.append(Note(f"{run.title}: drift.json of request {last.index} has no per-layer norms."))
             continue
         keep = sorted(base_layers, key=lambda k: -as_float(base_layers[k]))[:MAX_LAYER_BARS]
         layers = {k: (as_float(base_layers[k]), as_float(prev_layers.get(k))) for k in base_layers if k in keep}
         section.blocks.append(Figure(
             f"{slugs[run.name]}-layer-drift.png",
-            figs.layer_drift(layers, f"{run.name}: per-layer drift after request {last.index} ({last.concept})"),
-            f"{run.name}: per-layer (cross-attention K / V) drift after the last request",
+            figs.layer_drift(layers, f"{run.title}: per-layer drift after request {last.index} ({last.concept})"),
+            f"{run.title}: per-layer (cross-attention K / V) drift after the last request",
         ))
     for run in runs:
         if run not in with_drift:
-            section.blocks.append(Note(f"{run.name}: no drift.json."))
+            section.blocks.append(Note(f"{run.title}: no drift.json."))
     section.blocks.append(Table("Drift per request", ["run", "request", "concept", "||theta - base||", "||theta - previous||"], rows))
     return section
 
@@ -190,7 +242,8 @@ def semantic_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
     section = Section("Semantic similarity and forgetting")
     with_semantic = [run for run in runs if any(r.semantic for r in run.requests)]
     if not with_semantic:
-        section.blocks.append(Note("No run has semantic.json (the semantic analysis was not run)."))
+        section.blocks.append(Note("No run has semantic.json: " + "; ".join(
+            f"{run.title}: {why_no_semantic(run)}" for run in runs) + "."))
         return section
     section.blocks.append(Paragraph(
         "For every retained concept after each request: the cosine similarity of its text embedding to the "
@@ -213,7 +266,7 @@ def semantic_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
                     points[key].append(as_float(concept.get(key)))
                 points["request"].append(request.index)
                 points["in_domain"].append(concept.get("kind") == kind)
-            rows.append([run.name, str(request.index), str(request.semantic.get("target", request.concept)),
+            rows.append([run.title, str(request.index), str(request.semantic.get("target", request.concept)),
                          str(sum(c.get("kind") == kind for c in concepts)),
                          fmt_norm(request.semantic.get("pearson_similarity_drop")),
                          fmt_norm(request.semantic.get("pearson_similarity_kv"))])
@@ -221,23 +274,49 @@ def semantic_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
         sim = np.asarray(points["similarity"], dtype=float)[mask]
         pooled_drop = figs.pearson(sim, np.asarray(points["drop"], dtype=float)[mask])
         kv = (np.asarray(points["k_change"], dtype=float) + np.asarray(points["v_change"], dtype=float))[mask] / 2
-        rows.append([run.name, "pooled", "all", str(int(mask.sum())), fmt_norm(pooled_drop), fmt_norm(figs.pearson(sim, kv))])
+        rows.append([run.title, "pooled", "all", str(int(mask.sum())), fmt_norm(pooled_drop), fmt_norm(figs.pearson(sim, kv))])
         domain = " / ".join(f"retained {k}s" for k in sorted(kinds))
         section.blocks.append(Figure(
             f"{slugs[run.name]}-semantic.png",
             figs.semantic_scatter(points["similarity"], points["drop"], points["k_change"], points["v_change"],
-                                  points["request"], points["in_domain"], domain, run.name),
-            f"{run.name}: accuracy drop and K/V change vs similarity to the target, pooled over requests "
+                                  points["request"], points["in_domain"], domain, run.title),
+            f"{run.title}: accuracy drop and K/V change vs similarity to the target, pooled over requests "
             f"(Pearson r = {fmt_norm(pooled_drop)})",
         ))
     for run in runs:
         if run not in with_semantic:
-            section.blocks.append(Note(f"{run.name}: no semantic.json."))
+            section.blocks.append(Note(f"{run.title}: no semantic.json ({why_no_semantic(run)})."))
+            continue
+        subset = [r for r in run.requests if r.semantic and (r.semantic.get("scored_on") or {}).get("prompts") == "subset"]
+        if subset:
+            images = subset[0].semantic["scored_on"].get("images_per_model", "?")
+            seconds = [as_float(r.semantic["scored_on"].get("seconds")) for r in subset]
+            section.blocks.append(Note(
+                f"{run.title}: the accuracies of requests {[r.index for r in subset]} were scored on a fixed subset of "
+                f"{images} evaluation images per model, sampled before and after the request (it was evaluated every "
+                f"{(run.info or {}).get('evaluate_every', 'n')} requests), costing {np.nanmean(seconds):.1f} s per request; "
+                "coarser than a full evaluation."))
+        missing = [r.index for r in run.requests if r.index > 0 and not r.semantic]
+        if missing:
+            section.blocks.append(Note(f"{run.title}: requests {missing} have no semantic.json ({why_no_semantic(run)})."))
     section.blocks.append(Table(
         "Pearson correlations per request, over the retained concepts of the target's kind",
         ["run", "request", "target", "concepts", "r(similarity, drop)", "r(similarity, K/V change)"], rows,
     ))
     return section
+
+
+def why_no_semantic(run: RunRecord) -> str:
+    """Why (some of) a run's requests have no ``semantic.json``, from what the run folder records."""
+    settings = {**(run.settings or {}), **(run.info or {})}
+    if settings.get("semantic_analysis") is False:
+        return "the analysis was turned off (--stream.semantic_analysis=false)"
+    if int(settings.get("evaluate_every") or 1) > 1:
+        return (f"the run evaluated every {settings['evaluate_every']} requests and was written by a version that "
+                "skipped the analysis then (it needs accuracies before and after each request)")
+    if len(run.results) <= 1:
+        return "no request was served yet"
+    return "not recorded by the version that wrote this run folder"
 
 
 def grid_max_side(count: int) -> int:
@@ -278,14 +357,14 @@ def grids_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
     for run in runs:
         with_grid = chosen[run.name]
         if not with_grid:
-            section.blocks.append(Note(f"{run.name}: no grid.png."))
+            section.blocks.append(Note(f"{run.title}: no grid.png."))
             continue
         left_out = [r.index for r in run.requests if r.grid and r not in with_grid]
         if left_out:
-            section.blocks.append(Note(f"{run.name}: grids of requests {left_out} left out to keep the page light "
+            section.blocks.append(Note(f"{run.title}: grids of requests {left_out} left out to keep the page light "
                                        "(they are in the run folder)."))
         styles, objects = run.vocabulary()
-        gallery = Gallery(f"{run.name}: base model (left) and after each request (right)")
+        gallery = Gallery(f"{run.title}: base model (left) and after each request (right)")
         for request in with_grid:
             gone = run.erased_after(request.index)
             title = "base model" if request.index == 0 else f"after request {request.index}: {request.concept}"
@@ -293,11 +372,11 @@ def grids_section(runs: list[RunRecord], slugs: dict[str, str]) -> Section:
                 f"{slugs[run.name]}-grid-{request.index:02d}.png",
                 figs.grid_figure(_load_grid(request.grid, max_side), styles, objects,
                                  {c for c, k in gone if k == "style"}, {c for c, k in gone if k == "object"}, title),
-                f"{run.name}: {title}",
+                f"{run.title}: {title}",
             ))
         section.blocks.append(gallery)
         if with_grid[0].index != 0:
-            section.blocks.append(Note(f"{run.name}: no base grid (requests/00-base/grid.png)."))
+            section.blocks.append(Note(f"{run.title}: no base grid (requests/00-base/grid.png)."))
     if max_side < GRID_MAX_SIDE:
         section.blocks.append(Note(f"{count} grids in this report: each downscaled to at most {max_side} px a side to keep the page light."))
     return section
@@ -307,8 +386,11 @@ def results_section(runs: list[RunRecord]) -> Section:
     """Per run, results.json as a table (RESULT_HEADERS)."""
     section = Section("Results per request")
     for run in runs:
-        rows = [[fmt(row.get(key), digits) for key, _, digits in RESULT_HEADERS] for row in run.results]
-        section.blocks.append(Table(f"{run.name} ({run.path})", [h for _, h, _ in RESULT_HEADERS], rows))
+        rows = [[metric_cell(row, key, digits) for key, _, digits in RESULT_HEADERS] for row in run.results]
+        section.blocks.append(Table(f"{run.title} ({run.path})", [h for _, h, _ in RESULT_HEADERS], rows))
+    if all(collapsed(row) is None for run in runs for row in run.results):
+        section.blocks.append(Note("No run records the collapse indicator (top share, collapsed): run folders written "
+                                   "before it existed."))
     return section
 
 

@@ -37,3 +37,28 @@ def copy_run() -> Callable[[Path, Path], Path]:
         return to
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def unfinished_run(tmp_path_factory) -> Path:
+    """A real unfinished run folder: a plan of three style requests, evaluated every second
+    request, its process SIGKILLed one step into request 3 (tests/sigkill_hooks.py), so the
+    ledger holds requests 1 (not evaluated) and 2 (evaluated) of 3."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path_factory.mktemp("unfinished") / "esd_three_styles"
+    env = {**os.environ, "PYTHONPATH": str(repo / "tests"), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "HF_HUB_OFFLINE": "1"}
+    killed = subprocess.run(
+        [sys.executable, "train.py", "unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
+         "--data.requests=[Van Gogh, Cartoon, Monet]", f"--stream.run_dir={run}", "--stream.evaluate_every=2",
+         *FAST, "--trainer.callbacks+=sigkill_hooks.SigkillAtStep", "--trainer.callbacks.request=3",
+         "--trainer.callbacks.step=1", f"--trainer.callbacks.marker={run.parent / 'killed'}"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    return run

@@ -85,7 +85,14 @@ def markdown_tables(text: str) -> dict[str, list[list[str]]]:
 
 def expected_results(run: Path) -> list[list[str]]:
     rows = json.loads((run / "results.json").read_text())
-    return [[fmt(row.get(key), digits) for key, _, digits in RESULT_HEADERS] for row in rows]
+
+    def cell(row: dict, key: str, digits: int) -> str:
+        if key == "collapsed":
+            return {True: "yes", False: "no", None: "-"}[row.get(key)]
+        text = fmt(row.get(key), digits)
+        return text + " (collapsed)" if key in ("UA", "UA_latest") and row.get("collapsed") and text != "-" else text
+
+    return [[cell(row, key, digits) for key, _, digits in RESULT_HEADERS] for row in rows]
 
 
 def assert_self_contained(page: PageParser, html_text: str) -> list[bytes]:
@@ -142,9 +149,10 @@ def test_one_run_report_is_self_contained_and_mirrors_results(stream_run, tmp_pa
     last = json.loads((stream_run / "results.json").read_text())[-1]
     [runs_table] = [t for t in page.tables if t["caption"].startswith("Runs")]
     row = dict(zip(runs_table["headers"], runs_table["rows"][0]))
-    assert (row["final UA"], row["final IRA"], row["final CRA"]) == (fmt(last["UA"]), fmt(last["IRA"]), fmt(last["CRA"]))
-    assert row["cumulative steps"] == "4" and row["requests"] == "2"
-    assert (row["protocol"], row["method"]) == ("sequential", "ESD (esd-x)") and "DriftRecorder" in row["callbacks"]
+    assert (row["UA"], row["IRA"], row["CRA"]) == (fmt(last["UA"]), fmt(last["IRA"]), fmt(last["CRA"]))
+    assert row["cumulative steps"] == "4" and row["requests done"] == "2 of 2 requests"
+    assert row["numbers"] == "final, after request 2" and row["collapsed"] == "no"
+    assert (row["protocol"], row["method"]) == ("sequential", "ESD (esd-x)") and row["callbacks"] == "drift recorder"
 
     # Drift and semantics as the stream runner recorded them.
     drifts = [json.loads((d / "drift.json").read_text()) for d in sorted((stream_run / "requests").glob("0[12]-*"))]

@@ -1,9 +1,11 @@
-"""The section builders' pure helpers: grid thinning and sizing, column headers, callback names."""
+"""The section builders' pure helpers: grid thinning and sizing, column headers, collapse marks."""
 
 from __future__ import annotations
 
 from lightning_unlearn.report.runs import METRIC_NAMES, RequestRecord
-from lightning_unlearn.report.sections import GRID_MAX_SIDE, RESULT_HEADERS, callback_name, grid_max_side, thin_out
+from lightning_unlearn.report.sections import (
+    GRID_MAX_SIDE, RESULT_HEADERS, collapse_cell, grid_max_side, metric_cell, thin_out,
+)
 
 
 def test_large_studies_thin_out_and_shrink_their_grids():
@@ -22,7 +24,13 @@ def test_results_table_has_every_metric_with_its_readable_header():
     assert columns["request"] == ("request", 0) and columns["train_seconds"] == ("train s", 1)
 
 
-def test_callback_names_drop_only_settings_that_repeat_the_class():
-    assert callback_name("DriftRecorder{'name': 'DriftRecorder'}") == "DriftRecorder"
-    assert callback_name("AnchorRegularizer{'name': 'l2'}") == "AnchorRegularizer{'name': 'l2'}"
-    assert callback_name("l2_base") == "l2_base"
+def test_ua_at_a_collapsed_checkpoint_is_marked_not_meaningful_and_old_rows_read_as_not_measured():
+    flagged = {"UA": 94.0, "UA_latest": 100.0, "IRA": 9.1, "collapsed": True}
+    assert metric_cell(flagged, "UA") == "94.0 (collapsed)" and metric_cell(flagged, "UA_latest") == "100.0 (collapsed)"
+    assert metric_cell(flagged, "IRA") == "9.1" and collapse_cell(flagged) == "yes"
+    healthy = {"UA": 94.0, "collapsed": False}
+    assert metric_cell(healthy, "UA") == "94.0" and collapse_cell(healthy) == "no"
+    older = {"UA": 94.0}  # a results row written before the collapse indicator
+    assert metric_cell(older, "UA") == "94.0" and collapse_cell(older) == "-"
+    not_evaluated = {"UA": float("nan"), "collapsed": None}
+    assert metric_cell(not_evaluated, "UA") == "-" and collapse_cell(not_evaluated) == "-"
