@@ -48,7 +48,7 @@ from lightning_unlearn.progress import StreamProgress, quiet_lightning_banners
 from lightning_unlearn.protocols import MergeSettings, ProtocolName, RequestPlan, SimultaneousSettings, plan_request
 from lightning_unlearn.request_checkpoints import AtomicCheckpointIO, RequestCheckpoints, clear_checkpoints, latest_checkpoint
 from lightning_unlearn.run_folder import (
-    FAILED_FILE, MANIFEST_FILE, MERGED_FILE, METRIC_NAMES, METRICS_FILE, WEIGHTS_FILE, RunFolder, RunFolderBusyError,
+    FAILED_FILE, MANIFEST_FILE, MERGED_FILE, METRIC_COLUMNS, METRICS_FILE, WEIGHTS_FILE, RunFolder, RunFolderBusyError,
     check_run_dir, result_row,
 )
 from lightning_unlearn.semantic_analysis import analyse_request
@@ -406,7 +406,7 @@ class StreamRunner:
         records = served.records
         last = index + 1 == len(self.data.requests)
         if not last and (index + 1) % max(1, self.settings.evaluate_every):
-            metrics, eval_seconds = dict.fromkeys(METRIC_NAMES, float("nan")), 0.0
+            metrics, eval_seconds = dict.fromkeys(METRIC_COLUMNS, float("nan")), 0.0
         else:
             metrics, eval_seconds = self.evaluation.evaluate(list(plan.scored_erased), out, step=index + 1)
         if self.settings.semantic_analysis and "per_style" in metrics:
