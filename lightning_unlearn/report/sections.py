@@ -1,7 +1,8 @@
 """The report's sections, built from run records into document blocks (no HTML, no Markdown).
 
-Sections, in reading order: the runs (protocol, method, callbacks, headline numbers); UA / IRA /
-CRA over requests; request x concept accuracy; training cost; parameter drift; semantic
+Sections, in reading order: the runs (protocol, method, callbacks, headline numbers with their
+95% intervals, as bars with whiskers); replicates (per study run, the mean over its seeds with a t
+interval); UA / IRA / CRA over requests (interval bands); request x concept accuracy; training cost; parameter drift; semantic
 similarity vs forgetting; image grids of the same prompts and seeds before and after each
 request; the numbers per request. A section whose inputs no run folder has (older runs have no
 ``run.json``, ``drift.json`` or ``semantic.json``) says so in one :class:`Note` instead.
@@ -17,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from lightning_unlearn.report import figures as figs
+from lightning_unlearn.intervals import bound_keys
+from lightning_unlearn.replicates import aggregate_rows, group_replicates, parse_replicate_name
 from lightning_unlearn.report.document import (
-    Figure, Gallery, Note, Paragraph, Section, Table, as_float, fmt, fmt_norm, slug,
+    Figure, Gallery, Note, Paragraph, Section, Table, as_float, fmt, fmt_interval, fmt_norm, slug,
 )
-from lightning_unlearn.report.runs import HEADLINE_METRICS, METRIC_NAMES, RequestRecord, RunRecord
+from lightning_unlearn.report.runs import HEADLINE_METRICS, METRIC_NAMES, RequestRecord, RunRecord, metric_interval
 
 GRID_MAX_SIDE = 512
 """Longest side of an image grid in the report (the tiny world's 2x grids come back to 32 px tiles)."""
@@ -42,6 +45,27 @@ RESULT_HEADERS = (
     ("train_seconds", "train s", 1), ("eval_seconds", "eval s", 1),
 )
 """(results.json key, column header, decimals) of the per-request tables."""
+INTERVAL_NOTE = "95% intervals in brackets (docs/statistics.md); none where a run folder predates them."
+
+
+def result_cells(row: dict[str, Any]) -> list[str]:
+    """A results row as the per-request table's cells: every metric with its 95% interval."""
+    return [fmt_interval(row.get(key), metric_interval(row, key), digits) if key in METRIC_NAMES else fmt(row.get(key), digits)
+            for key, _, digits in RESULT_HEADERS]
+
+
+def interval_series(label: str, rows: list[dict[str, Any]], metric: str, first: int = 0) -> figs.Series:
+    """``metric`` over the requests of results ``rows`` (from row ``first``) with its interval's bounds."""
+    rows = rows[first:]
+    bounds = [metric_interval(r, metric) for r in rows]
+    return figs.Series(label, [int(r["request"]) for r in rows], [as_float(r.get(metric)) for r in rows],
+                       [b[0] for b in bounds], [b[1] for b in bounds])
+
+
+def final_bars(named_rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, figs.Bar]]:
+    """``{name: {metric: Bar}}`` of each name's last results row (the headline metrics)."""
+    return {name: {m: figs.Bar(as_float(row.get(m)), *metric_interval(row, m)) for m in HEADLINE_METRICS}
+            for name, row in named_rows.items()}
 
 
 def callback_name(entry: Any) -> str:
@@ -70,7 +94,8 @@ def runs_section(runs: list[RunRecord]) -> Section:
             info.get("method", "-") + (f" ({info['trainable']})" if info.get("trainable") else ""),
             ", ".join(callback_name(c) for c in info.get("callbacks") or []) or ("none" if "callbacks" in info else "-"),
             info.get("domain") or ", ".join(sorted({r.kind for r in run.requests if r.kind})) or "-",
-            str(len(run.results) - 1), *(fmt(as_float(last.get(metric))) for metric in HEADLINE_METRICS),
+            str(len(run.results) - 1),
+            *(fmt_interval(last.get(metric), metric_interval(last, metric)) for metric in HEADLINE_METRICS),
             fmt(last.get("cumulative_steps")),
             "-" if math.isnan(seconds) else f"{seconds / 60:.1f}",
         ])
@@ -79,6 +104,11 @@ def runs_section(runs: list[RunRecord]) -> Section:
         ["run", "folder", "protocol", "merge", "method", "callbacks", "domain", "requests",
          *(f"final {metric}" for metric in HEADLINE_METRICS), "cumulative steps", "total minutes"],
         rows,
+    ))
+    section.blocks.append(Paragraph(INTERVAL_NOTE))
+    section.blocks.append(Figure(
+        "final.png", figs.metric_bars(final_bars({run.name: run.results[-1] for run in runs})),
+        "UA, IRA and CRA after the last request; whiskers: 95% intervals",
     ))
     for run in runs:
         if run.info is None:
@@ -89,16 +119,46 @@ def runs_section(runs: list[RunRecord]) -> Section:
 def curves_section(runs: list[RunRecord]) -> Section:
     """The headline metrics over requests, every run overlaid in one panel per metric."""
     section = Section("Unlearning and retention over requests")
-    panels = {
-        metric: [figs.Series(run.name, [int(r["request"]) for r in run.results], [as_float(r.get(metric)) for r in run.results])
-                 for run in runs]
-        for metric in HEADLINE_METRICS
-    }
+    panels = {metric: [interval_series(run.name, run.results, metric) for run in runs] for metric in HEADLINE_METRICS}
     section.blocks.append(Paragraph(
         "UA: forgetting of every concept erased so far (higher is better). IRA: accuracy on the retained "
-        "concepts of the erased kind. CRA: the other kind's accuracy on those images."
+        "concepts of the erased kind. CRA: the other kind's accuracy on those images. Shaded: the 95% interval "
+        "over the images each number is read from."
     ))
-    section.blocks.append(Figure("curves.png", figs.metric_curves(panels), "UA, IRA and CRA after each request (request 0 = base)"))
+    section.blocks.append(Figure("curves.png", figs.metric_curves(panels),
+                                 "UA, IRA and CRA after each request (request 0 = base), with 95% interval bands"))
+    return section
+
+
+def replicates_section(runs: list[RunRecord]) -> Section:
+    """Per study run with replicates (run folders ``<run>@seed<S>``): the mean over its seeds with
+    a t interval after each request, as curves with bands, bars with whiskers and a table."""
+    section = Section("Replicates")
+    groups = group_replicates([run.name for run in runs])
+    if not any(parse_replicate_name(name) for names in groups.values() for name in names):
+        section.blocks.append(Note("No replicates among these runs (a study's `replicates:` makes them: "
+                                   "run folders named <run>@seed<S>)."))
+        return section
+    by_name = {run.name: run for run in runs}
+    aggregated = {group: aggregate_rows(group, [by_name[name].results for name in names]) for group, names in groups.items()}
+    section.blocks.append(Paragraph(
+        "Runs repeated with other seeds (model, data, evaluation noise and, with shuffle_order, the request "
+        "order): per request, the mean over the replicates and Student's t 95% interval across them. A run with "
+        "one replicate shows its own interval over the images."
+    ))
+    panels = {metric: [interval_series(group, rows, metric) for group, rows in aggregated.items()] for metric in HEADLINE_METRICS}
+    section.blocks.append(Figure("replicate-curves.png", figs.metric_curves(panels),
+                                 "Mean UA, IRA and CRA over replicates after each request, with 95% t-interval bands"))
+    section.blocks.append(Figure("replicate-final.png", figs.metric_bars(final_bars({g: r[-1] for g, r in aggregated.items()})),
+                                 "Mean UA, IRA and CRA over replicates after the last request; whiskers: 95% t intervals"))
+    for group, rows in aggregated.items():
+        section.blocks.append(Table(
+            f"{group}: {len(groups[group])} replicate(s) ({', '.join(groups[group])})",
+            ["request", "concept", "replicates", "interval", *HEADLINE_METRICS],
+            [[str(r["request"]), str(r["concept"]), str(r["replicates"]), str(r["interval"]),
+              *(fmt_interval(r.get(m), (as_float(r.get(bound_keys(m)[0])), as_float(r.get(bound_keys(m)[1]))))
+                for m in HEADLINE_METRICS)] for r in rows],
+        ))
     return section
 
 
@@ -307,8 +367,9 @@ def results_section(runs: list[RunRecord]) -> Section:
     """Per run, results.json as a table (RESULT_HEADERS)."""
     section = Section("Results per request")
     for run in runs:
-        rows = [[fmt(row.get(key), digits) for key, _, digits in RESULT_HEADERS] for row in run.results]
+        rows = [result_cells(row) for row in run.results]
         section.blocks.append(Table(f"{run.name} ({run.path})", [h for _, h, _ in RESULT_HEADERS], rows))
+    section.blocks.append(Paragraph(INTERVAL_NOTE))
     return section
 
 
@@ -322,6 +383,6 @@ def build_sections(runs: list[RunRecord]) -> list[Section]:
             candidate, n = f"{base}-{n}", n + 1
         slugs[run.name] = candidate
     return [
-        runs_section(runs), curves_section(runs), heatmap_section(runs, slugs), cost_section(runs),
+        runs_section(runs), replicates_section(runs), curves_section(runs), heatmap_section(runs, slugs), cost_section(runs),
         drift_section(runs, slugs), semantic_section(runs, slugs), grids_section(runs, slugs), results_section(runs),
     ]
