@@ -256,7 +256,8 @@ def run_job(study: Study, folder: str, args: list[str], python: str) -> dict[str
 def main(args: list[str]) -> None:
     """``train.py study --config STUDY.yaml``."""
     parser = ArgumentParser(prog="train.py study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="the study YAML (root, common, report, runs)")
+    parser.add_argument("--config", required=True,
+                        help="the study YAML (root, common, report, replicates, shuffle_order, runs)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these run names")
     parser.add_argument("--extra", action="append", default=[], metavar="ARG",
                         help="one more train.py unlearn argument for every run (after the study's own); "

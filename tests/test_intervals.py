@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lightning_unlearn.intervals import (
-    Z_95, bound_keys, format_interval, mean_of_proportions, t_interval, t_quantile, wilson,
+    Z_95, bound_keys, format_interval, half_width, mean_of_proportions, t_interval, t_quantile, wilson,
 )
 
 
@@ -66,3 +66,18 @@ def test_interval_text_and_keys():
     assert format_interval(94.23, (float("nan"), float("nan"))) == "94.2"
     assert format_interval(94.23, None) == "94.2" and format_interval(float("nan"), (1.0, 2.0)) == "-"
     assert bound_keys("IRA") == ("IRA_lo", "IRA_hi")
+
+
+@pytest.mark.parametrize("config", ["esd_styles", "esd_objects", "ca_styles", "ca_objects"])
+def test_tiny_world_configs_evaluate_enough_images_for_a_5_point_ira_interval(config):
+    import yaml
+
+    from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
+
+    settings = yaml.safe_load(open(f"configs/tinyworld/{config}_sequential.yaml"))
+    seeds = settings["stream"]["evaluation"].get("seeds_per_prompt", 1)
+    erased = len(settings["data"]["requests"])
+    # After the last request the fewest images are left: the retained concepts' row or column.
+    retained = (len(STYLES) - erased) * len(OBJECTS) if "styles" in config else len(STYLES) * (len(OBJECTS) - erased)
+    n = seeds * retained
+    assert half_width(wilson(0.9 * n, n)) <= 5.0, f"{config}: {n} images give +-{half_width(wilson(0.9 * n, n)):.1f}"
