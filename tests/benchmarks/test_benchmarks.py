@@ -74,4 +74,4 @@ def test_evaluation_seeds_benchmark_quick():
     rows = table_rows(out, "| seeds_per_prompt |")
     assert [(r[0], r[1]) for r in rows] == [("1", "12"), ("3", "36")]
     # Three times the images: a narrower interval on the same base model (100% of 12 vs of 36).
-    assert float(rows[1][5]) < float(rows[0][5])
+    assert float(rows[1][7]) < float(rows[0][7])
