@@ -90,7 +90,7 @@ def aggregate_rows(run: str, replicates: Sequence[Sequence[Mapping[str, Any]]]) 
             "kind": kinds.pop() if len(kinds) == 1 else "mixed",
         }
         counted = 0
-        kinds_of_interval = set()
+        interval_kinds = set()
         for metric in METRIC_NAMES:
             low_key, high_key = bound_keys(metric)
             finite = [p for p in present if math.isfinite(_float(p.get(metric)))]
@@ -98,13 +98,13 @@ def aggregate_rows(run: str, replicates: Sequence[Sequence[Mapping[str, Any]]]) 
             if len(finite) == 1:
                 only = finite[0]
                 row[metric], row[low_key], row[high_key] = (_float(only.get(k)) for k in (metric, low_key, high_key))
-                kinds_of_interval.add("within run" if math.isfinite(row[low_key]) else "none")
+                interval_kinds.add("within run" if math.isfinite(row[low_key]) else "none")
             else:
                 mean, (low, high) = t_interval([_float(p.get(metric)) for p in finite])
                 row[metric], row[low_key], row[high_key] = mean, low, high
                 if finite:
-                    kinds_of_interval.add("t over replicates")
+                    interval_kinds.add("t over replicates")
         row["replicates"] = counted
-        row["interval"] = ", ".join(sorted(kinds_of_interval)) or "none"
+        row["interval"] = ", ".join(sorted(interval_kinds)) or "none"
         rows.append(row)
     return rows

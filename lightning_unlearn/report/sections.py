@@ -1,9 +1,9 @@
 """The report's sections, built from run records into document blocks (no HTML, no Markdown).
 
 Sections, in reading order: the runs (protocol, method, callbacks, headline numbers with their
-95% intervals, as bars with whiskers); replicates (per study run, the mean over its seeds with a t
-interval); UA / IRA / CRA over requests (interval bands); request x concept accuracy; training cost; parameter drift; semantic
-similarity vs forgetting; image grids of the same prompts and seeds before and after each
+95% intervals, as bars with whiskers); replicates (per study run, the mean over its seeds with a
+t interval); UA / IRA / CRA over requests (interval bands); request x concept accuracy; training
+cost; parameter drift; semantic similarity vs forgetting; image grids of the same prompts and seeds before and after each
 request; the numbers per request. A section whose inputs no run folder has (older runs have no
 ``run.json``, ``drift.json`` or ``semantic.json``) says so in one :class:`Note` instead.
 """
@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_unlearn.report import figures as figs
-from lightning_unlearn.intervals import bound_keys
 from lightning_unlearn.replicates import aggregate_rows, group_replicates, parse_replicate_name
+from lightning_unlearn.report import figures as figs
 from lightning_unlearn.report.document import (
     Figure, Gallery, Note, Paragraph, Section, Table, as_float, fmt, fmt_interval, fmt_norm, slug,
 )
@@ -54,9 +53,8 @@ def result_cells(row: dict[str, Any]) -> list[str]:
             for key, _, digits in RESULT_HEADERS]
 
 
-def interval_series(label: str, rows: list[dict[str, Any]], metric: str, first: int = 0) -> figs.Series:
-    """``metric`` over the requests of results ``rows`` (from row ``first``) with its interval's bounds."""
-    rows = rows[first:]
+def interval_series(label: str, rows: list[dict[str, Any]], metric: str) -> figs.Series:
+    """``metric`` over the requests of results ``rows`` with its interval's bounds."""
     bounds = [metric_interval(r, metric) for r in rows]
     return figs.Series(label, [int(r["request"]) for r in rows], [as_float(r.get(metric)) for r in rows],
                        [b[0] for b in bounds], [b[1] for b in bounds])
@@ -156,8 +154,7 @@ def replicates_section(runs: list[RunRecord]) -> Section:
             f"{group}: {len(groups[group])} replicate(s) ({', '.join(groups[group])})",
             ["request", "concept", "replicates", "interval", *HEADLINE_METRICS],
             [[str(r["request"]), str(r["concept"]), str(r["replicates"]), str(r["interval"]),
-              *(fmt_interval(r.get(m), (as_float(r.get(bound_keys(m)[0])), as_float(r.get(bound_keys(m)[1]))))
-                for m in HEADLINE_METRICS)] for r in rows],
+              *(fmt_interval(r.get(m), metric_interval(r, m)) for m in HEADLINE_METRICS)] for r in rows],
         ))
     return section
 
