@@ -10,6 +10,8 @@ the stream and the requests already served are in its ``state_dict``.
 
 from __future__ import annotations
 
+import random
+
 from typing import Any, Literal
 
 import torch
@@ -106,6 +108,7 @@ class ConceptStreamDataModule(LightningDataModule):
         seed: int = 0,
         unlearned: list[str] | None = None,
         already_unlearned: Literal["error", "skip"] = "error",
+        order_seed: int | None = None,
     ) -> None:
         """
         Args:
@@ -123,6 +126,8 @@ class ConceptStreamDataModule(LightningDataModule):
                 ``already_unlearned``.
             already_unlearned: ``error`` stops with an error naming such a request; ``skip``
                 drops it from the stream and logs a notice.
+            order_seed: serve the requests in an order shuffled with this seed (a study's
+                replicates with ``shuffle_order``); unset = in the order given.
         """
         super().__init__()
         # Checked first: a count below 1 would serve a request with nothing unlearned (0 steps)
@@ -146,6 +151,10 @@ class ConceptStreamDataModule(LightningDataModule):
         self.requests, skipped = drop_already_unlearned(
             self.vocabulary.parse(list(requests)), self.unlearned, self.vocabulary, already_unlearned
         )
+        if order_seed is not None:
+            # random.Random's shuffle is the same on every platform and Python 3 release.
+            random.Random(order_seed).shuffle(self.requests)
+        self.order_seed = order_seed
         for request in skipped:
             rank_zero_info(f"skipping request {request.concept!r}: the model has already unlearned it (already_unlearned=skip)")
         if erase_prompt not in ("concept", "full"):

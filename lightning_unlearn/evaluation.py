@@ -26,6 +26,7 @@ from torchmetrics import Metric
 from lightning_unlearn.backbone import Backbone, check_clip_folder
 from lightning_unlearn.checks import at_least, did_you_mean, non_negative
 from lightning_unlearn.errors import SettingsError
+from lightning_unlearn.intervals import NAN_INTERVAL, Interval, bound_keys, mean_of_proportions, wilson
 from lightning_unlearn.requests import ConceptVocabulary, Request
 from lightning_unlearn.run_folder import COLLAPSE_COLUMNS, COLLAPSE_TOP_SHARE
 from lightning_unlearn.sampling import SAMPLERS, TextCondition, guided_sample
@@ -208,12 +209,18 @@ def _pct(hits: torch.Tensor, count: torch.Tensor, mask: torch.Tensor) -> float:
 def score(
     counts: dict[str, torch.Tensor], vocabulary: ConceptVocabulary, erased: list[Request], domains: set[str]
 ) -> dict[str, float | dict[str, float]]:
-    """UA (all erased, latest), IRA, CRA and per-concept accuracies from hit counts.
+    """UA (all erased, latest), IRA, CRA, style / object accuracy, each with its 95% interval
+    (``<name>_lo``, ``<name>_hi``; :mod:`lightning_unlearn.intervals`), and per-concept
+    accuracies, from hit counts.
 
     ``domains`` are the kinds the stream unlearns: IRA uses their classifiers, CRA the others'.
     Before any request (``erased`` empty) UA is NaN and IRA/CRA are the base model's accuracy.
     The collapse indicator (:data:`COLLAPSE_COLUMNS`, :func:`collapse_indicator`) is read on
-    the retained prompts.
+    the retained prompts from the predicted-class histograms of ``counts``.
+
+    Intervals: UA and UA_latest are one proportion (the erased concepts' classifier misses over
+    their images: Wilson); IRA / CRA are the mean over their kinds of one classifier's accuracy
+    on the retained images: Wilson for one kind, the mean of both kinds' Wilson bounds for two.
     """
     sh, oh, n = counts["style_hits"].cpu(), counts["object_hits"].cpu(), counts["count"].cpu()
     s_idx = {c: i for i, c in enumerate(vocabulary.styles)}
@@ -235,24 +242,39 @@ def score(
             m[:, o_idx[r.concept]] = True
         return m
 
-    def ua(requests: list[Request]) -> float:
-        hits = sum(float((sh if r.kind == "style" else oh)[concept_mask(r)].sum()) for r in requests)
-        total = sum(float(n[concept_mask(r)].sum()) for r in requests)
-        return float("nan") if total == 0 else 100.0 - 100.0 * hits / total
+    def ua(requests: list[Request]) -> tuple[float, Interval]:
+        hits = sum(int((sh if r.kind == "style" else oh)[concept_mask(r)].sum()) for r in requests)
+        total = sum(int(n[concept_mask(r)].sum()) for r in requests)
+        if total == 0:
+            return float("nan"), NAN_INTERVAL
+        # UA counts misses: its interval is the hit rate's, mirrored.
+        low, high = wilson(total - hits, total)
+        return 100.0 - 100.0 * hits / total, (low, high)
 
-    def acc(kinds: set[str]) -> float:
-        values = [_pct(sh if k == "style" else oh, n, retained) for k in sorted(kinds)]
-        return float("nan") if not values else float(np.mean(values))
+    def acc(kinds: set[str], mask: torch.Tensor) -> tuple[float, Interval]:
+        hits = [(sh if k == "style" else oh)[mask] for k in sorted(kinds)]
+        total = int(n[mask].sum())
+        if not hits or total == 0:
+            return float("nan"), NAN_INTERVAL
+        value = float(np.mean([100.0 * int(h.sum()) / total for h in hits]))
+        return value, mean_of_proportions([int(h.sum()) for h in hits], total)
 
     all_mask = torch.ones_like(retained)
-    return {
-        **collapse_indicator(counts, retained, domains),
+    headline = {
         "UA": ua(erased),
         "UA_latest": ua(erased[-1:]),
-        "IRA": acc(set(domains)),
-        "CRA": acc({"style", "object"} - set(domains)),
-        "style_acc": _pct(sh, n, all_mask),
-        "object_acc": _pct(oh, n, all_mask),
+        "IRA": acc(set(domains), retained),
+        "CRA": acc({"style", "object"} - set(domains), retained),
+        "style_acc": acc({"style"}, all_mask),
+        "object_acc": acc({"object"}, all_mask),
+    }
+    metrics: dict[str, float | dict[str, float]] = {name: value for name, (value, _) in headline.items()}
+    for name, (_, (low, high)) in headline.items():
+        low_key, high_key = bound_keys(name)
+        metrics[low_key], metrics[high_key] = low, high
+    return {
+        **metrics,
+        **collapse_indicator(counts, retained, domains),
         "per_style": {c: _pct(sh[i], n[i], torch.ones(n.shape[1], dtype=torch.bool)) for c, i in s_idx.items()},
         "per_object": {c: _pct(oh[:, j], n[:, j], torch.ones(n.shape[0], dtype=torch.bool)) for c, j in o_idx.items()},
     }

@@ -30,6 +30,7 @@ from typing import Any
 
 from lightning_unlearn.checks import ArgumentParser
 from lightning_unlearn.errors import SettingsError, UnlearnError
+from lightning_unlearn.intervals import bound_keys, format_interval
 from lightning_unlearn.run_folder import MERGED_FILE, METRIC_NAMES, WEIGHTS_FILE, RunFolder
 
 SAMPLING_FILE = "sampling.json"
@@ -265,15 +266,13 @@ def model_card(plan: ExportPlan, weights_sha256: str, unet_sha256: str, export_c
     if row is None:
         lines.append("Not evaluated (`--stream.evaluate_every` skipped this request).")
     else:
-        intervals = row.get("intervals") or {}
-        lines += ["| metric | value |", "| --- | --- |"]
+        lines += ["| metric | value [95% interval] |", "| --- | --- |"]
         for name in METRIC_NAMES[:4]:
             value = row.get(name)
-            text = "n/a" if value is None else f"{value:.2f}"
-            if name in intervals:
-                low, high = intervals[name]
-                text += f" [{low:.2f}, {high:.2f}]"
-            lines.append(f"| {name} | {text} |")
+            # Rows written before the intervals (or not evaluated) have no bounds: the value alone.
+            low, high = (row.get(key) for key in bound_keys(name))
+            text = "n/a" if value is None else format_interval(value, (low, high) if low is not None else None, 2)
+            lines.append(f"| {name} | {text if text != '-' else 'n/a'} |")
         lines += ["", "UA: accuracy-based unlearning of the erased concepts (higher is better); UA_latest: of the "
                   "latest one; IRA / CRA: in-domain / cross-domain retention (higher is better)."]
     lines += ["", "## Integrity", "",

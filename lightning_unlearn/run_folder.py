@@ -36,6 +36,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from lightning_unlearn.atomic_io import file_sha256, load_weights, save_weights, write_json, write_text
 from lightning_unlearn.errors import SettingsError, UnlearnError
+from lightning_unlearn.intervals import bound_keys
 from lightning_unlearn.ledger import LEDGER_NAME, LedgerMismatchError, read_ledger, verified_path, verify_committed_files
 from lightning_unlearn.requests import Request
 
@@ -56,8 +57,11 @@ results row and ``metrics.json``: per classifier head, the share of the most fre
 class on the retained prompts and the normalised entropy of the predicted classes; ``collapsed``:
 a head UA is read with went over :data:`COLLAPSE_TOP_SHARE`, so UA means
 nothing there. Rows written before the indicator existed lack these keys."""
+METRIC_COLUMNS = tuple(key for name in METRIC_NAMES for key in (name, *bound_keys(name)))
+"""Every metric followed by its 95% interval's bounds (``UA, UA_lo, UA_hi, UA_latest, ...``;
+docs/statistics.md). Folders written before the intervals have the metrics alone."""
 RESULT_COLUMNS = (
-    "request", "concept", "kind", *METRIC_NAMES,
+    "request", "concept", "kind", *METRIC_COLUMNS,
     "train_steps", "cumulative_steps", "train_seconds", "eval_seconds", "drift_to_base", "drift_to_previous",
     "similarity_drop_r", *COLLAPSE_COLUMNS,
 )
@@ -141,7 +145,7 @@ def result_row(number: int, request: Request | None, metrics: dict[str, Any], st
         "request": number,
         "concept": "base" if request is None else request.concept,
         "kind": "" if request is None else request.kind,
-        **{k: metrics[k] for k in METRIC_NAMES},
+        **{k: metrics[k] for k in METRIC_COLUMNS},
         "train_steps": steps,
         "cumulative_steps": cumulative,
         "train_seconds": round(train_seconds, 2),

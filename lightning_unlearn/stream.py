@@ -51,7 +51,8 @@ from lightning_unlearn.protocols import (
 from lightning_unlearn.request_checkpoints import AtomicCheckpointIO, RequestCheckpoints, clear_checkpoints, latest_checkpoint
 from lightning_unlearn.lora import refuse_callbacks_without_lora_support, save_adapter
 from lightning_unlearn.run_folder import (
-    ADAPTER_CONFIG_FILE, ADAPTER_FILE, FAILED_FILE, MANIFEST_FILE, MERGED_FILE, METRIC_NAMES, METRICS_FILE, WEIGHTS_FILE, RunFolder, RunFolderBusyError,
+    ADAPTER_CONFIG_FILE, ADAPTER_FILE, FAILED_FILE, MANIFEST_FILE, MERGED_FILE, METRIC_COLUMNS, METRICS_FILE,
+    WEIGHTS_FILE, RunFolder, RunFolderBusyError,
     check_run_dir, result_row,
 )
 from lightning_unlearn.semantic_analysis import analyse_request
@@ -415,7 +416,7 @@ class StreamRunner:
         records = served.records
         last = index + 1 == len(self.data.requests)
         if not last and (index + 1) % max(1, self.settings.evaluate_every):
-            metrics, eval_seconds = dict.fromkeys(METRIC_NAMES, float("nan")), 0.0
+            metrics, eval_seconds = dict.fromkeys(METRIC_COLUMNS, float("nan")), 0.0
         else:
             metrics, eval_seconds = self.evaluation.evaluate(list(plan.scored_erased), out, step=index + 1)
         if self.settings.semantic_analysis:

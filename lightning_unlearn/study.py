@@ -14,6 +14,14 @@ A study config is YAML::
       - name: simultaneous
         args: [--config, configs/tinyworld/esd_styles_sequential.yaml, --stream.protocol=simultaneous]
 
+Replicates: ``replicates: 3`` (seeds 0, 1, 2) or ``replicates: [0, 7, 42]`` (those seeds), at
+the top (every run) or in a run (that run; it wins), and optionally ``shuffle_order: true``
+(each replicate serves the requests in an order shuffled by its seed). Each replicate is its own
+run folder ``root/<name>@seed<S>`` with the seed handed to everything random in the stream
+(:func:`lightning_unlearn.replicates.seed_arguments`); a run without replicates keeps its
+folder ``root/<name>``. After the runs, ``root/study_results.{csv,json}`` hold one row per run
+name and request: the mean over its replicates with a 95% t interval (docs/statistics.md).
+
 Each run is ``python -m lightning_unlearn unlearn <args> <common> --stream.run_dir=root/<name>``
 in its own process, in the current folder (a crash or a DDP launch in one run cannot leak into
 the next). A run whose ledger says every request is complete is skipped without starting; an
@@ -25,6 +33,8 @@ unfinished"); the report covers every run that evaluated its base, unfinished on
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import subprocess
 import sys
@@ -38,10 +48,15 @@ import yaml
 from lightning_unlearn.checks import ArgumentParser
 from lightning_unlearn.config_names import resolve_config
 from lightning_unlearn.errors import UnlearnError
+from lightning_unlearn.replicates import AGGREGATE_COLUMNS, aggregate_rows, replicate_name, seed_arguments
 from lightning_unlearn.run_folder import RunFolder, progress_text
 
-STUDY_KEYS = {"root", "common", "report", "runs"}
-RUN_KEYS = {"name", "args"}
+STUDY_KEYS = {"root", "common", "report", "runs", "replicates", "shuffle_order"}
+RUN_KEYS = {"name", "args", "replicates", "shuffle_order"}
+SEEDED_OPTIONS = ("--seed_everything", "--model.seed", "--data.seed", "--stream.evaluation.seed", "--data.order_seed")
+"""Options a replicate sets from its seed: a run with replicates may not set them itself."""
+STUDY_RESULTS = "study_results"
+"""``root/study_results.{csv,json}``: per run name and request, the mean over replicates."""
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -53,12 +68,54 @@ class StudyConfigError(UnlearnError, ValueError):
     """A study config that cannot be run (unknown key, bad or duplicate run name, ...)."""
 
 
+class ReplicateSpecError(StudyConfigError):
+    """A ``replicates`` / ``shuffle_order`` entry of a study config that names no valid set of seeds."""
+
+
+def parse_replicates(value: Any, shuffle_order: Any, where: str) -> tuple[list[int] | None, bool]:
+    """``(seeds, shuffle_order)`` of a ``replicates`` entry (a count n: seeds 0..n-1; a list:
+    those seeds; absent: ``None``, one run without replicate folders); a :class:`ReplicateSpecError`
+    naming what is wrong (``where``: the config and run it comes from)."""
+    if shuffle_order is not None and not isinstance(shuffle_order, bool):
+        raise ReplicateSpecError(f"{where}: shuffle_order must be true or false, got {shuffle_order!r}")
+    if value is None:
+        if shuffle_order:
+            raise ReplicateSpecError(f"{where}: shuffle_order: true needs replicates (a count or a list of seeds)")
+        return None, False
+    if isinstance(value, bool) or not isinstance(value, (int, list)):
+        raise ReplicateSpecError(f"{where}: replicates must be a count (e.g. 3) or a list of seeds (e.g. [0, 7]), got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ReplicateSpecError(f"{where}: replicates must be at least 1, got {value}")
+        return list(range(value)), bool(shuffle_order)
+    if not value:
+        raise ReplicateSpecError(f"{where}: replicates is an empty list of seeds")
+    for seed in value:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ReplicateSpecError(f"{where}: replicate seeds are integers >= 0, got {seed!r}")
+    repeated = sorted({seed for seed in value if value.count(seed) > 1})
+    if repeated:
+        raise ReplicateSpecError(f"{where}: replicate seed(s) {repeated} appear more than once; each replicate needs its own seed")
+    return list(value), bool(shuffle_order)
+
+
 @dataclass
 class StudyRun:
-    """One stream of a study."""
+    """One stream of a study (several run folders when it has replicates)."""
 
     name: str
     args: list[str]
+    seeds: list[int] | None = None
+    """Its replicates' seeds; ``None``: one run folder ``root/<name>``, seeds from its config."""
+    shuffle_order: bool = False
+    """Each replicate serves the requests in an order shuffled with its seed."""
+
+    def jobs(self) -> list[tuple[str, list[str]]]:
+        """``(folder name, extra arguments)`` of each run folder: ``(name, [])`` without
+        replicates, else ``(name@seedS, the seed's arguments)`` per seed."""
+        if self.seeds is None:
+            return [(self.name, [])]
+        return [(replicate_name(self.name, seed), seed_arguments(seed, self.shuffle_order)) for seed in self.seeds]
 
 
 @dataclass
@@ -85,6 +142,8 @@ class Study:
         if "root" not in raw or not raw.get("runs"):
             raise StudyConfigError(f"{path}: a study needs 'root' and a non-empty 'runs' list")
         runs: list[StudyRun] = []
+        common = [str(a) for a in raw.get("common") or []]
+        study_seeds, study_shuffle = parse_replicates(raw.get("replicates"), raw.get("shuffle_order"), str(path))
         for i, entry in enumerate(raw["runs"]):
             if not isinstance(entry, dict) or set(entry) - RUN_KEYS or "name" not in entry:
                 raise StudyConfigError(f"{path}: run {i} must be a mapping with 'name' and 'args', got {entry!r}")
@@ -96,8 +155,20 @@ class Study:
             args = entry.get("args") or []
             if not isinstance(args, list) or any(a.startswith("--stream.run_dir") for a in map(str, args)):
                 raise StudyConfigError(f"{path}: run {name!r}: 'args' is a list of train.py unlearn arguments without --stream.run_dir")
-            runs.append(StudyRun(name, [str(a) for a in args]))
-        common = [str(a) for a in raw.get("common") or []]
+            args = [str(a) for a in args]
+            seeds, shuffle = study_seeds, study_shuffle
+            if "replicates" in entry or "shuffle_order" in entry:
+                value = entry.get("replicates", raw.get("replicates"))
+                # A run that opts out (replicates: null) does not inherit the study's shuffle_order.
+                inherited = raw.get("shuffle_order") if value is not None else None
+                seeds, shuffle = parse_replicates(value, entry.get("shuffle_order", inherited), f"{path}: run {name!r}")
+            if seeds is not None:
+                seeded = [a for a in (*args, *common) if a.split("=", 1)[0] in SEEDED_OPTIONS]
+                if seeded:
+                    raise ReplicateSpecError(
+                        f"{path}: run {name!r} has replicates, which set its seeds, but its args or common set {seeded}"
+                    )
+            runs.append(StudyRun(name, args, seeds, shuffle))
         root = Path(raw["root"])
         for folder in (root, *root.parents):
             if folder.exists():
@@ -106,8 +177,9 @@ class Study:
                 break
         return cls(root=Path(raw["root"]), runs=runs, common=common, report=bool(raw.get("report", True)))
 
-    def run_dir(self, run: StudyRun) -> Path:
-        return self.root / run.name
+    def run_dir(self, run: StudyRun | str) -> Path:
+        """The run folder of ``run`` (without replicates) or of a folder name from :meth:`StudyRun.jobs`."""
+        return self.root / (run.name if isinstance(run, StudyRun) else run)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -124,37 +196,51 @@ def progress(run_dir: Path) -> dict[str, Any]:
             "requests": progress_text(done, planned)}
 
 
+def study_results(study: Study) -> list[dict[str, Any]]:
+    """One row per run name and request over the study's finished run folders: the mean of its
+    replicates with a t interval (one folder: its own values and intervals);
+    :func:`lightning_unlearn.replicates.aggregate_rows`."""
+    rows: list[dict[str, Any]] = []
+    for run in study.runs:
+        finished = [study.run_dir(folder) for folder, _ in run.jobs() if is_finished(study.run_dir(folder))]
+        if finished:
+            rows += aggregate_rows(run.name, [RunFolder(folder).read_results() for folder in finished])
+    return rows
+
+
+def write_study_results(study: Study) -> list[dict[str, Any]]:
+    """Write ``root/study_results.json`` and ``.csv`` (:func:`study_results`); returns the rows."""
+    from lightning_unlearn.atomic_io import write_json, write_text
+
+    rows = study_results(study)
+    write_json(rows, study.root / f"{STUDY_RESULTS}.json")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=AGGREGATE_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(buffer.getvalue(), study.root / f"{STUDY_RESULTS}.csv")
+    return rows
+
+
 def run_study(study: Study, python: str = sys.executable) -> dict[str, Any]:
-    """Run every unfinished run in turn; returns {name: status} and writes root/study.json."""
+    """Run every unfinished run folder in turn; returns {folder name: status} and writes
+    root/study.json and root/study_results.{csv,json}."""
     study.root.mkdir(parents=True, exist_ok=True)
     statuses: dict[str, Any] = {}
     for run in study.runs:
-        run_dir = study.run_dir(run)
-        if is_finished(run_dir):
-            statuses[run.name] = {"status": "skipped (finished)", **progress(run_dir)}
-            print(f"[study] {run.name}: finished already, skipped ({statuses[run.name]['requests']})", flush=True)
-            continue
-        # The package's module, not the checkout's train.py: a wheel install has no checkout. It
-        # runs in this folder, where the root and the study's paths are; a repository-relative
-        # config (configs/tinyworld/...) that is not here resolves to the shipped one.
-        command = [python, "-m", "lightning_unlearn", "unlearn", *run.args, *study.common,
-                   f"--stream.run_dir={run_dir}"]
-        print(f"[study] {run.name}: {' '.join(command[1:])}", flush=True)
-        started = time.perf_counter()
-        code = subprocess.call(command)
-        seconds = round(time.perf_counter() - started, 1)
-        statuses[run.name] = {"status": "finished" if code == 0 else f"failed (exit {code})", "seconds": seconds,
-                              **progress(run_dir)}
-        print(f"[study] {run.name}: {statuses[run.name]['status']} in {seconds:.0f}s "
-              f"({statuses[run.name]['requests']})", flush=True)
+        for folder, seed_args in run.jobs():
+            statuses[folder] = run_job(study, folder, [*run.args, *study.common, *seed_args], python)
     from lightning_unlearn.atomic_io import write_json
 
     write_json({"runs": statuses}, study.root / "study.json")
+    write_study_results(study)
     # Unfinished runs that evaluated their base are in the report too, marked as unfinished there.
-    reported = [study.run_dir(r) for r in study.runs if RunFolder(study.run_dir(r)).read_results()]
-    unfinished = [r.name for r in study.runs if not statuses[r.name].get("finished")]
+    folders = [folder for run in study.runs for folder, _ in run.jobs()]
+    reported = [study.run_dir(f) for f in folders if RunFolder(study.run_dir(f)).read_results()]
+    unfinished = [f for f in folders if not statuses[f].get("finished")]
     if unfinished:
-        print("[study] unfinished: " + ", ".join(f"{n} ({statuses[n]['requests']})" for n in unfinished), flush=True)
+        print("[study] unfinished: " + ", ".join(f"{f} ({statuses[f]['requests']})" for f in unfinished), flush=True)
     if study.report and reported:
         from lightning_unlearn.report import write_report
 
@@ -163,10 +249,32 @@ def run_study(study: Study, python: str = sys.executable) -> dict[str, Any]:
     return statuses
 
 
+def run_job(study: Study, folder: str, args: list[str], python: str) -> dict[str, Any]:
+    """Run one run folder's stream unless it is finished; its status."""
+    run_dir = study.run_dir(folder)
+    if is_finished(run_dir):
+        status = {"status": "skipped (finished)", **progress(run_dir)}
+        print(f"[study] {folder}: finished already, skipped ({status['requests']})", flush=True)
+        return status
+    # The package's module, not the checkout's train.py: a wheel install has no checkout. It
+    # runs in this folder, where the root and the study's paths are; a repository-relative
+    # config (configs/tinyworld/...) that is not here resolves to the shipped one. The seed's
+    # arguments come last, after the common ones, so a replicate's seed wins.
+    command = [python, "-m", "lightning_unlearn", "unlearn", *args, f"--stream.run_dir={run_dir}"]
+    print(f"[study] {folder}: {' '.join(command[1:])}", flush=True)
+    started = time.perf_counter()
+    code = subprocess.call(command)
+    seconds = round(time.perf_counter() - started, 1)
+    status = {"status": "finished" if code == 0 else f"failed (exit {code})", "seconds": seconds, **progress(run_dir)}
+    print(f"[study] {folder}: {status['status']} in {seconds:.0f}s ({status['requests']})", flush=True)
+    return status
+
+
 def main(args: list[str]) -> None:
     """``train.py study --config STUDY.yaml``."""
     parser = ArgumentParser(prog="train.py study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="the study YAML (root, common, report, runs)")
+    parser.add_argument("--config", required=True,
+                        help="the study YAML (root, common, report, replicates, shuffle_order, runs)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these run names")
     parser.add_argument("--extra", action="append", default=[], metavar="ARG",
                         help="one more train.py unlearn argument for every run (after the study's own); "

@@ -35,14 +35,19 @@ def test_two_requests_write_the_run_folder_and_resume_does_nothing(tmp_path, cap
     rows = json.loads((run / "results.json").read_text())
     assert [r["concept"] for r in rows] == ["base", "Van Gogh", "Cartoon"]
     assert [r["cumulative_steps"] for r in rows] == [0, 4, 8]
-    for row in rows[1:]:
-        for key in ("UA", "UA_latest", "IRA", "CRA"):
-            assert 0.0 <= row[key] <= 100.0
+    for row, folder in zip(rows[1:], ("01-van-gogh", "02-cartoon")):
+        metrics = json.loads((run / "requests" / folder / "metrics.json").read_text())
+        for key in ("UA", "UA_latest", "IRA", "CRA", "style_acc", "object_acc"):
+            # Every number with its 95% interval, the same in results.json and metrics.json.
+            assert 0.0 <= row[f"{key}_lo"] <= row[key] <= row[f"{key}_hi"] <= 100.0
+            assert row[f"{key}_hi"] - row[f"{key}_lo"] > 0
+            assert (metrics[key], metrics[f"{key}_lo"], metrics[f"{key}_hi"]) == (row[key], row[f"{key}_lo"], row[f"{key}_hi"])
     assert rows[0]["style_acc"] >= 75 and rows[0]["object_acc"] >= 75  # the shipped base knows its world
     assert json.loads((run / "requests" / "00-base" / "metrics.json").read_text())["per_object"].keys() == {
         "circle", "star", "house"}
     csv_lines = (run / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("request,concept,kind,UA,UA_latest,IRA,CRA") and len(csv_lines) == 4
+    assert csv_lines[0].startswith("request,concept,kind,UA,UA_lo,UA_hi,UA_latest,UA_latest_lo,UA_latest_hi,"
+                                   "IRA,IRA_lo,IRA_hi,CRA,CRA_lo,CRA_hi") and len(csv_lines) == 4
     ledger = json.loads((run / "ledger.json").read_text())
     assert [e["concept"] for e in ledger["completed"]] == ["Van Gogh", "Cartoon"]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))

@@ -6,6 +6,7 @@ import pytest
 from lightning_unlearn.cli import main  # noqa: F401  (imports Lightning at collection: its log handler binds the session's stderr)
 from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.evaluation import UnlearningScores, score
+from lightning_unlearn.intervals import mean_of_proportions, wilson
 from lightning_unlearn.requests import ConceptVocabulary, Request
 
 VOCAB = ConceptVocabulary(styles=["A", "B", "C"], objects=["x", "y"])
@@ -41,6 +42,31 @@ def test_base_row_and_object_stream():
     assert math.isnan(base["UA"]) and base["IRA"] == 50.0 and base["CRA"] == 100.0
     m = score(counts, VOCAB, [Request("y", "object")], {"object"})
     assert m["UA"] == 100.0 and m["IRA"] == 100.0 and m["CRA"] == 100.0
+
+
+def test_every_headline_metric_carries_its_95_percent_interval_from_the_counts():
+    counts = _counts([[0, 1], [1, 1], [1, 0]], [[1, 1], [1, 0], [0, 1]])
+    m = score(counts, VOCAB, [Request("A", "style")], {"style"})
+    # UA: 1 miss of 2 images (Wilson of the misses); IRA: 3 of 4 style hits; CRA: 2 of 4 object hits.
+    assert (m["UA_lo"], m["UA_hi"]) == wilson(1, 2)
+    assert (m["IRA_lo"], m["IRA_hi"]) == wilson(3, 4) and (m["CRA_lo"], m["CRA_hi"]) == wilson(2, 4)
+    assert (m["style_acc_lo"], m["style_acc_hi"]) == wilson(4, 6)
+    assert m["UA_lo"] <= m["UA"] <= m["UA_hi"]
+    base = score(counts, VOCAB, [], {"style"})
+    assert all(math.isnan(base[k]) for k in ("UA", "UA_lo", "UA_hi", "UA_latest_lo"))
+    # Extra entries in the counts (another engineer's class histogram) are ignored.
+    assert score({**counts, "style_pred_hist": torch.ones(3)}, VOCAB, [Request("A", "style")], {"style"}) == m
+
+
+def test_a_mixed_stream_gets_the_mean_of_both_kinds_wilson_bounds_on_ira():
+    counts = _counts([[0, 1], [1, 1], [1, 0]], [[1, 1], [1, 0], [0, 1]])
+    erased = [Request("A", "style"), Request("y", "object")]
+    m = score(counts, VOCAB, erased, {"style", "object"})
+    assert m["IRA"] == 75.0  # B-x, C-x: style 2 of 2, object 1 of 2
+    assert (m["IRA_lo"], m["IRA_hi"]) == mean_of_proportions([2, 1], 2)
+    assert m["IRA_lo"] < m["IRA"] < m["IRA_hi"]  # one image per cell still gives a width
+    assert math.isnan(m["CRA"]) and math.isnan(m["CRA_lo"])
+    assert math.isnan(m["CRA"]) and math.isnan(m["CRA_lo"])
 
 
 def test_vocabulary_subset_selects_classifier_columns_by_name():

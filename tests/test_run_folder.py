@@ -11,7 +11,7 @@ import pytest
 from lightning_unlearn.report import runs
 from lightning_unlearn.requests import Request
 from lightning_unlearn.run_folder import (
-    METRIC_NAMES, RESULT_COLUMNS, RunFolder, RunFolderBusyError, checkpoint_file_name, checkpoint_request_number,
+    METRIC_COLUMNS, METRIC_NAMES, RESULT_COLUMNS, RunFolder, RunFolderBusyError, checkpoint_file_name, checkpoint_request_number,
     parse_request_folder, request_folder_name, result_row, results_csv,
 )
 
@@ -36,19 +36,21 @@ def test_names_that_are_not_request_folders_parse_to_none():
 
 def test_the_report_reads_the_metric_names_the_stream_writes():
     assert runs.METRIC_NAMES is METRIC_NAMES
-    assert RESULT_COLUMNS[3:3 + len(METRIC_NAMES)] == METRIC_NAMES
+    # Every metric is followed by its interval's bounds.
+    assert RESULT_COLUMNS[3:3 + 3 * len(METRIC_NAMES)] == METRIC_COLUMNS
+    assert METRIC_COLUMNS[:6] == ("UA", "UA_lo", "UA_hi", "UA_latest", "UA_latest_lo", "UA_latest_hi")
 
 
 def test_results_csv_formats_floats_and_keeps_its_columns():
-    base = result_row(0, None, dict.fromkeys(METRIC_NAMES, 100.0), 0, 0, 0.0, 12.3456)
-    row = {**result_row(1, Request("Van Gogh", "style"), dict.fromkeys(METRIC_NAMES, 1 / 3), 10, 10, 1.0, 2.0),
+    base = result_row(0, None, dict.fromkeys(METRIC_COLUMNS, 100.0), 0, 0, 0.0, 12.3456)
+    row = {**result_row(1, Request("Van Gogh", "style"), dict.fromkeys(METRIC_COLUMNS, 1 / 3), 10, 10, 1.0, 2.0),
            "drift_to_base": 0.5, "per_style": {"ignored": 1}}
     lines = results_csv([base, row]).splitlines()
     assert lines[0] == ",".join(RESULT_COLUMNS)
-    assert lines[1] == "0,base,,100.00,100.00,100.00,100.00,100.00,100.00,0,0,0.00,12.35,,,,,,,,"
-    assert lines[2] == "1,Van Gogh,style,0.33,0.33,0.33,0.33,0.33,0.33,10,10,1.00,2.00,0.50,,,,,,,"
+    assert lines[1] == "0,base,," + ",".join(["100.00"] * 18) + ",0,0,0.00,12.35,,,,,,,,"
+    assert lines[2] == "1,Van Gogh,style," + ",".join(["0.33"] * 18) + ",10,10,1.00,2.00,0.50,,,,,,,"
     # The collapse indicator, where the evaluation measured it.
-    collapsed = {**dict.fromkeys(METRIC_NAMES, 50.0), "style_top_share": 0.25, "object_top_share": 0.97,
+    collapsed = {**dict.fromkeys(METRIC_COLUMNS, 50.0), "style_top_share": 0.25, "object_top_share": 0.97,
                  "style_entropy": 1.0, "object_entropy": 0.1, "collapsed": True}
     assert results_csv([result_row(2, Request("heart", "object"), collapsed, 1, 11, 0.0, 0.0)]).splitlines()[1].endswith(
         ",0.25,0.97,1.00,0.10,True")

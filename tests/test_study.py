@@ -1,11 +1,14 @@
 """Study runner: config checks, runs in their own folders, finished runs skipped."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from lightning_unlearn import replicates
+from lightning_unlearn.evaluation import EvaluationSettings
 from lightning_unlearn.study import Study, StudyConfigError, is_finished, run_study
 
 FAST = [
@@ -84,3 +87,78 @@ def test_failed_runs_end_the_study_with_one_error_line(tmp_path, cli_error):
     line = cli_error(["study", "--config", str(config)])
     assert line.startswith("error: study runs failed: broken (failed (exit 2))")
     assert not (tmp_path / "study" / "broken").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"replicates": 0}, "replicates must be at least 1, got 0"),
+    ({"replicates": -2}, "replicates must be at least 1, got -2"),
+    ({"replicates": []}, "replicates is an empty list of seeds"),
+    ({"replicates": [0, 3, 3]}, r"replicate seed\(s\) \[3\] appear more than once"),
+    ({"replicates": [0, -1]}, "replicate seeds are integers >= 0, got -1"),
+    ({"replicates": [0, "a"]}, "replicate seeds are integers >= 0, got 'a'"),
+    ({"replicates": True}, "replicates must be a count .* or a list of seeds"),
+    ({"replicates": 2.5}, "replicates must be a count .* or a list of seeds"),
+    ({"replicates": 2, "shuffle_order": "yes"}, "shuffle_order must be true or false, got 'yes'"),
+    ({"shuffle_order": True}, "shuffle_order: true needs replicates"),
+    ({"replicates": 2, "common": ["--data.seed=3"]}, r"has replicates, which set its seeds, but .* \['--data.seed=3'\]"),
+    ({"runs": [{"name": "a", "args": [], "replicates": [1, 1]}]}, r"run 'a': replicate seed\(s\) \[1\]"),
+])
+def test_bad_replicate_specs_are_named_before_any_run_starts(tmp_path, cli_error, content, message):
+    root = tmp_path / "study"
+    config = write(tmp_path / "study.yaml", {"root": str(root), "runs": [{"name": "a", "args": []}], **content})
+    line = cli_error(["study", "--config", str(config)])
+    assert re.search(message, line), line
+    assert not root.exists()
+
+
+def test_replicates_give_each_seed_its_folder_and_a_run_without_keeps_its_own():
+    study = Study.load(write_yaml({"root": "r", "replicates": 2, "shuffle_order": True, "runs": [
+        {"name": "a", "args": ["--x=1"]}, {"name": "b", "args": [], "replicates": None},
+        {"name": "c", "args": [], "replicates": [5]}]}))
+    a, b, c = study.runs
+    assert [f for f, _ in a.jobs()] == ["a@seed0", "a@seed1"] and b.jobs() == [("b", [])]
+    assert c.jobs() == [("c@seed5", ["--seed_everything=5", "--model.seed=5", "--data.seed=5",
+                                     "--stream.evaluation.seed=1239", "--data.order_seed=5"])]
+    assert replicates.EVALUATION_SEED_BASE == EvaluationSettings().seed  # seed 0 is the default run
+    assert replicates.parse_replicate_name("a@seed12") == ("a", 12) and replicates.parse_replicate_name("a") is None
+
+
+def write_yaml(content: dict) -> Path:
+    import tempfile
+
+    return write(Path(tempfile.mkdtemp()) / "study.yaml", content)
+
+
+def test_replicates_run_resume_and_aggregate_per_run_and_request(tmp_path, capfd):
+    root = tmp_path / "study"
+    fast = [*FAST, "--data.requests=[Van Gogh, Cartoon]"]
+    study = Study.load(write(tmp_path / "study.yaml", {
+        "root": str(root), "report": True, "replicates": [0, 1], "shuffle_order": True,
+        "runs": [{"name": "seq", "args": fast}],
+    }))
+    statuses = run_study(study)
+    assert {n: s["status"] for n, s in statuses.items()} == {"seq@seed0": "finished", "seq@seed1": "finished"}
+    orders = {}
+    for seed in (0, 1):
+        folder = root / f"seq@seed{seed}"
+        assert is_finished(folder)
+        orders[seed] = [r["concept"] for r in json.loads((folder / "run.json").read_text())["requests"]]
+        config = yaml.safe_load((folder / "tensorboard" / "config.yaml").read_text())
+        assert config["seed_everything"] == seed and config["model"]["seed"] == seed and config["data"]["seed"] == seed
+        assert config["stream"]["evaluation"]["seed"] == 1234 + seed
+    assert orders == {0: ["Van Gogh", "Cartoon"], 1: ["Cartoon", "Van Gogh"]}  # seeded shuffles
+
+    rows = json.loads((root / "study_results.json").read_text())
+    assert [(r["run"], r["request"], r["replicates"]) for r in rows] == [("seq", 0, 2), ("seq", 1, 2), ("seq", 2, 2)]
+    assert rows[1]["concept"] == "varies" and rows[2]["interval"] == "t over replicates"
+    per_seed = [json.loads((root / f"seq@seed{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert rows[2]["IRA"] == pytest.approx((per_seed[0][2]["IRA"] + per_seed[1][2]["IRA"]) / 2)
+    header = (root / "study_results.csv").read_text().splitlines()[0].split(",")
+    assert header[:6] == ["run", "request", "concept", "kind", "replicates", "interval"] and "IRA_hi" in header
+    page = (root / "report" / "report.html").read_text()
+    assert "Replicates" in page and "seq@seed1" in page
+
+    capfd.readouterr()
+    again = run_study(study)  # resumable: finished replicates are skipped
+    assert {s["status"] for s in again.values()} == {"skipped (finished)"}
+    assert "seq@seed0: finished already, skipped" in capfd.readouterr().out

@@ -11,7 +11,7 @@ The package, one job a module, each importing only those before it:
 - :mod:`.runs`: reading run folders into records (:func:`load_run`, :class:`RunFolderError`);
 - :mod:`.document`: the document model (sections of notes, paragraphs, tables, figures) and cell formatting;
 - :mod:`.figures`: matplotlib figures as PNG bytes, from plain numbers;
-- :mod:`.sections`: the eight sections, built from records into document blocks;
+- :mod:`.sections`: the nine sections, built from records into document blocks;
 - :mod:`.render`: HTML and Markdown from the sections;
 - :mod:`.writer`: :func:`write_report` (read, build, render, write files);
 - :mod:`.cli`: ``train.py report``'s arguments and :func:`main`.

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_unlearn.intervals import format_interval
+
 
 @dataclass
 class Note:
@@ -86,6 +88,12 @@ def fmt(value: Any, digits: int = 1) -> str:
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
+
+
+def fmt_interval(value: Any, bounds: tuple[float, float], digits: int = 1) -> str:
+    """A metric with its 95% interval, ``94.2 [90.1, 96.8]``; the value alone where the bounds
+    are NaN (older run folders), "-" for a missing value."""
+    return format_interval(as_float(value), bounds, digits)
 
 
 def fmt_norm(value: Any) -> str:

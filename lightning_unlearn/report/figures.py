@@ -48,11 +48,14 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
 
 @dataclass
 class Series:
-    """One run's values over requests (x = request index, 0 = base)."""
+    """One run's values over requests (x = request index, 0 = base), with the 95% interval's
+    bounds per point when known (``low`` / ``high``; NaN or absent = no band there)."""
 
     label: str
     x: list[int]
     y: list[float]
+    low: list[float] | None = None
+    high: list[float] | None = None
 
 
 def fmt_r(r: float) -> str:
@@ -83,20 +86,81 @@ def finite_points(series: Series) -> tuple[list[int], list[float]]:
     return [x for x, _ in kept], [y for _, y in kept]
 
 
-def metric_curves(panels: Mapping[str, Sequence[Series]], ylabel: str = "%") -> bytes:
-    """One panel per metric (e.g. UA, IRA, CRA), every run overlaid as a line over requests."""
+def finite_band(series: Series) -> tuple[list[int], list[float], list[float]]:
+    """The points of ``series`` with a finite value and finite interval bounds: x, low, high
+    (empty for a series without bounds, e.g. a run folder written before the intervals)."""
+    if series.low is None or series.high is None:
+        return [], [], []
+    kept = [(x, lo, hi) for x, y, lo, hi in zip(series.x, series.y, series.low, series.high)
+            if math.isfinite(y) and math.isfinite(lo) and math.isfinite(hi)]
+    return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
+
+
+def metric_curves_figure(panels: Mapping[str, Sequence[Series]], ylabel: str = "%") -> Figure:
+    """:func:`metric_curves`' figure (before rendering; tests look at its artists)."""
     fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (metric, runs) in zip(axes, panels.items()):
         for series in runs:
-            ax.plot(*finite_points(series), marker="o", markersize=3.5, label=series.label)
+            (line,) = ax.plot(*finite_points(series), marker="o", markersize=3.5, label=series.label)
+            xs, low, high = finite_band(series)
+            if xs:  # the 95% interval as a band in the line's colour
+                ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
         ax.set_title(metric)
         ax.set_ylabel(ylabel)
         ax.set_ylim(-3, 103)
         _request_axis(ax, [x for s in runs for x in s.x])
     if any(s for runs in panels.values() for s in runs):
         axes[0].legend(fontsize=8, loc="lower left")
-    return png_bytes(fig)
+    return fig
+
+
+def metric_curves(panels: Mapping[str, Sequence[Series]], ylabel: str = "%") -> bytes:
+    """One panel per metric (e.g. UA, IRA, CRA), every run overlaid as a line over requests,
+    its 95% interval (where the series has one) as a band around it."""
+    return png_bytes(metric_curves_figure(panels, ylabel))
+
+
+@dataclass
+class Bar:
+    """One bar: a value with its 95% interval's bounds (NaN = no whisker)."""
+
+    value: float
+    low: float = float("nan")
+    high: float = float("nan")
+
+
+def metric_bars_figure(groups: Mapping[str, Mapping[str, Bar]], ylabel: str = "%") -> Figure:
+    """:func:`metric_bars`' figure (before rendering; tests look at its artists)."""
+    metrics = list(dict.fromkeys(m for bars in groups.values() for m in bars))
+    fig = Figure(figsize=(max(5.0, 1.0 + 0.55 * len(groups) * max(1, len(metrics))), 3.8), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(metrics))
+    x = np.arange(len(groups))
+    for k, metric in enumerate(metrics):
+        bars = [groups[g].get(metric, Bar(float("nan"))) for g in groups]
+        values = np.array([b.value for b in bars], dtype=float)
+        positions = x - 0.4 + width * (k + 0.5)
+        ax.bar(positions, np.nan_to_num(values), width=width * 0.92, label=metric)
+        # Whiskers where both bounds are known: distances below and above the bar's top.
+        has = np.array([math.isfinite(b.low) and math.isfinite(b.high) and math.isfinite(b.value) for b in bars])
+        if has.any():
+            below = np.array([b.value - b.low for b, h in zip(bars, has) if h])
+            above = np.array([b.high - b.value for b, h in zip(bars, has) if h])
+            ax.errorbar(positions[has], values[has], yerr=np.vstack([below, above]), fmt="none",
+                        ecolor="black", elinewidth=1.0, capsize=3)
+    ax.set_xticks(x, list(groups), rotation=30 if len(groups) > 3 else 0, ha="right" if len(groups) > 3 else "center",
+                  fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 105)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left", ncols=max(1, len(metrics)))
+    return fig
+
+
+def metric_bars(groups: Mapping[str, Mapping[str, Bar]], ylabel: str = "%") -> bytes:
+    """Grouped bars (a group per run, a bar per metric) with their 95% intervals as whiskers."""
+    return png_bytes(metric_bars_figure(groups, ylabel))
 
 
 def cost_curves(cumulative: Sequence[Series], per_request: Sequence[Series]) -> bytes:

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from lightning_unlearn.errors import SettingsError, UnlearnError
+from lightning_unlearn.intervals import bound_keys
 from lightning_unlearn.run_folder import GRID_FILE, METRIC_NAMES, SETTINGS_NAME, RunFolder, progress_text
 
-__all__ = ["METRIC_NAMES", "HEADLINE_METRICS", "RunFolderError", "RequestRecord", "RunRecord", "load_run"]
+__all__ = ["METRIC_NAMES", "HEADLINE_METRICS", "RunFolderError", "RequestRecord", "RunRecord", "load_run",
+           "metric_interval"]
 
 HEADLINE_METRICS = ("UA", "IRA", "CRA")
 """The subset of METRIC_NAMES the report plots and sums a run up with."""
@@ -122,6 +124,20 @@ class RunRecord:
                 styles += [s for s in request.metrics.get("per_style", {}) if s not in styles]
                 objects += [o for o in request.metrics.get("per_object", {}) if o not in objects]
         return styles, objects
+
+
+def metric_interval(row: dict[str, Any], metric: str) -> tuple[float, float]:
+    """The 95% interval's bounds of ``metric`` in a results row; NaN bounds where the row has none
+    (a folder written before the intervals, a request not evaluated)."""
+
+    def number(value: Any) -> float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return float("nan")
+
+    low_key, high_key = bound_keys(metric)
+    return number(row.get(low_key)), number(row.get(high_key))
 
 
 def read_json(path: Path) -> Any:

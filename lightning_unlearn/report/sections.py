@@ -1,8 +1,9 @@
 """The report's sections, built from run records into document blocks (no HTML, no Markdown).
 
-Sections, in reading order: the runs (protocol, method, callbacks, headline numbers); UA / IRA /
-CRA over requests; request x concept accuracy; training cost; parameter drift; semantic
-similarity vs forgetting; image grids of the same prompts and seeds before and after each
+Sections, in reading order: the runs (protocol, method, callbacks, headline numbers with their
+95% intervals, as bars with whiskers); replicates (per study run, the mean over its seeds with a
+t interval); UA / IRA / CRA over requests (interval bands); request x concept accuracy; training
+cost; parameter drift; semantic similarity vs forgetting; image grids of the same prompts and seeds before and after each
 request; the numbers per request. A section whose inputs no run folder has (older runs have no
 ``run.json``, ``drift.json`` or ``semantic.json``) says so in one :class:`Note` instead.
 """
@@ -16,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from lightning_unlearn.replicates import aggregate_rows, group_replicates, parse_replicate_name
 from lightning_unlearn.report import figures as figs
 from lightning_unlearn.report.document import (
-    Figure, Gallery, Note, Paragraph, Section, Table, as_float, fmt, fmt_norm, slug,
+    Figure, Gallery, Note, Paragraph, Section, Table, as_float, fmt, fmt_interval, fmt_norm, slug,
 )
-from lightning_unlearn.report.runs import HEADLINE_METRICS, METRIC_NAMES, RequestRecord, RunRecord
+from lightning_unlearn.report.runs import HEADLINE_METRICS, METRIC_NAMES, RequestRecord, RunRecord, metric_interval
 from lightning_unlearn.run_folder import COLLAPSE_TOP_SHARE
 
 GRID_MAX_SIDE = 512
@@ -48,6 +50,21 @@ RESULT_HEADERS = (
 UA_KEYS = ("UA", "UA_latest")
 """The columns a collapsed checkpoint marks as not meaningful."""
 COLLAPSED_MARK = " (collapsed)"
+INTERVAL_NOTE = "95% intervals in brackets (docs/statistics.md); none where a run folder predates them."
+
+
+
+def interval_series(label: str, rows: list[dict[str, Any]], metric: str) -> figs.Series:
+    """``metric`` over the requests of results ``rows`` with its interval's bounds."""
+    bounds = [metric_interval(r, metric) for r in rows]
+    return figs.Series(label, [int(r["request"]) for r in rows], [as_float(r.get(metric)) for r in rows],
+                       [b[0] for b in bounds], [b[1] for b in bounds])
+
+
+def final_bars(named_rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, figs.Bar]]:
+    """``{name: {metric: Bar}}`` of each name's last results row (the headline metrics)."""
+    return {name: {m: figs.Bar(as_float(row.get(m)), *metric_interval(row, m)) for m in HEADLINE_METRICS}
+            for name, row in named_rows.items()}
 
 
 def collapsed(row: dict[str, Any]) -> bool | None:
@@ -61,7 +78,10 @@ def metric_cell(row: dict[str, Any], key: str, digits: int = 1) -> str:
     """A results cell; UA at a collapsed checkpoint is marked as not meaningful."""
     if key == "collapsed":
         return collapse_cell(row)
-    text = fmt(as_float(row.get(key)) if key in METRIC_NAMES else row.get(key), digits)
+    if key in METRIC_NAMES:
+        text = fmt_interval(row.get(key), metric_interval(row, key), digits)
+    else:
+        text = fmt(row.get(key), digits)
     return text + COLLAPSED_MARK if key in UA_KEYS and collapsed(row) and text != "-" else text
 
 
@@ -124,6 +144,11 @@ def runs_section(runs: list[RunRecord]) -> Section:
             "model draws the same thing for most prompts, so a high UA there does not mean the erased concepts were "
             f"forgotten selectively. UA at such a checkpoint is marked{COLLAPSED_MARK} and is not meaningful."
         ))
+    section.blocks.append(Paragraph(INTERVAL_NOTE))
+    section.blocks.append(Figure(
+        "final.png", figs.metric_bars(final_bars({run.title: last_evaluated(run) for run in runs})),
+        "UA, IRA and CRA after the last evaluated request; whiskers: 95% intervals",
+    ))
     for run in runs:
         if run.info is None:
             section.blocks.append(Note(f"{run.title}: no run.json, so protocol, method and callbacks are not recorded (an older run folder)."))
@@ -133,16 +158,14 @@ def runs_section(runs: list[RunRecord]) -> Section:
 def curves_section(runs: list[RunRecord]) -> Section:
     """The headline metrics over requests, every run overlaid in one panel per metric."""
     section = Section("Unlearning and retention over requests")
-    panels = {
-        metric: [figs.Series(run.title, [int(r["request"]) for r in run.results], [as_float(r.get(metric)) for r in run.results])
-                 for run in runs]
-        for metric in HEADLINE_METRICS
-    }
+    panels = {metric: [interval_series(run.title, run.results, metric) for run in runs] for metric in HEADLINE_METRICS}
     section.blocks.append(Paragraph(
         "UA: forgetting of every concept erased so far (higher is better). IRA: accuracy on the retained "
-        "concepts of the erased kind. CRA: the other kind's accuracy on those images."
+        "concepts of the erased kind. CRA: the other kind's accuracy on those images. Shaded: the 95% interval "
+        "over the images each number is read from."
     ))
-    section.blocks.append(Figure("curves.png", figs.metric_curves(panels), "UA, IRA and CRA after each request (request 0 = base)"))
+    section.blocks.append(Figure("curves.png", figs.metric_curves(panels),
+                                 "UA, IRA and CRA after each request (request 0 = base), with 95% interval bands"))
     for run in runs:
         flagged = [r for r in run.results if collapsed(r)]
         if flagged:
@@ -151,6 +174,37 @@ def curves_section(runs: list[RunRecord]) -> Section:
             section.blocks.append(Note(
                 f"{run.title}: collapsed at requests {shares} (share of retained images in one predicted class): "
                 "UA there is not meaningful."))
+    return section
+
+
+def replicates_section(runs: list[RunRecord]) -> Section:
+    """Per study run with replicates (run folders ``<run>@seed<S>``): the mean over its seeds with
+    a t interval after each request, as curves with bands, bars with whiskers and a table."""
+    section = Section("Replicates")
+    groups = group_replicates([run.name for run in runs])
+    if not any(parse_replicate_name(name) for names in groups.values() for name in names):
+        section.blocks.append(Note("No replicates among these runs (a study's `replicates:` makes them: "
+                                   "run folders named <run>@seed<S>)."))
+        return section
+    by_name = {run.name: run for run in runs}
+    aggregated = {group: aggregate_rows(group, [by_name[name].results for name in names]) for group, names in groups.items()}
+    section.blocks.append(Paragraph(
+        "Runs repeated with other seeds (model, data, evaluation noise and, with shuffle_order, the request "
+        "order): per request, the mean over the replicates and Student's t 95% interval across them. A run with "
+        "one replicate shows its own interval over the images."
+    ))
+    panels = {metric: [interval_series(group, rows, metric) for group, rows in aggregated.items()] for metric in HEADLINE_METRICS}
+    section.blocks.append(Figure("replicate-curves.png", figs.metric_curves(panels),
+                                 "Mean UA, IRA and CRA over replicates after each request, with 95% t-interval bands"))
+    section.blocks.append(Figure("replicate-final.png", figs.metric_bars(final_bars({g: r[-1] for g, r in aggregated.items()})),
+                                 "Mean UA, IRA and CRA over replicates after the last request; whiskers: 95% t intervals"))
+    for group, rows in aggregated.items():
+        section.blocks.append(Table(
+            f"{group}: {len(groups[group])} replicate(s) ({', '.join(groups[group])})",
+            ["request", "concept", "replicates", "interval", *HEADLINE_METRICS],
+            [[str(r["request"]), str(r["concept"]), str(r["replicates"]), str(r["interval"]),
+              *(fmt_interval(r.get(m), metric_interval(r, m)) for m in HEADLINE_METRICS)] for r in rows],
+        ))
     return section
 
 
@@ -391,6 +445,7 @@ def results_section(runs: list[RunRecord]) -> Section:
     if all(collapsed(row) is None for run in runs for row in run.results):
         section.blocks.append(Note("No run records the collapse indicator (top share, collapsed): run folders written "
                                    "before it existed."))
+    section.blocks.append(Paragraph(INTERVAL_NOTE))
     return section
 
 
@@ -404,6 +459,6 @@ def build_sections(runs: list[RunRecord]) -> list[Section]:
             candidate, n = f"{base}-{n}", n + 1
         slugs[run.name] = candidate
     return [
-        runs_section(runs), curves_section(runs), heatmap_section(runs, slugs), cost_section(runs),
+        runs_section(runs), replicates_section(runs), curves_section(runs), heatmap_section(runs, slugs), cost_section(runs),
         drift_section(runs, slugs), semantic_section(runs, slugs), grids_section(runs, slugs), results_section(runs),
     ]

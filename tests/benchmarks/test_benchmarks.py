@@ -67,3 +67,11 @@ def test_esd_bank_vs_reference_benchmark_quick():
         out = run_quick("esd_bank_vs_reference.py", mode)
         assert [r[0] for r in table_rows(out, header)] == ["bank", "reference"]
         assert ratio in out
+
+
+def test_evaluation_seeds_benchmark_quick():
+    out = run_quick("evaluation_seeds.py")
+    rows = table_rows(out, "| seeds_per_prompt |")
+    assert [(r[0], r[1]) for r in rows] == [("1", "12"), ("3", "36")]
+    # Three times the images: a narrower interval on the same base model (100% of 12 vs of 36).
+    assert float(rows[1][7]) < float(rows[0][7])

@@ -74,3 +74,26 @@ def test_curves_join_the_evaluated_requests_of_a_sparsely_evaluated_run():
     nan = float("nan")
     series = figs.Series("every 4th", [0, 1, 2, 3, 4, 5, 8], [100.0, nan, nan, nan, 80.0, nan, 70.0])
     assert figs.finite_points(series) == ([0, 4, 8], [100.0, 80.0, 70.0])
+
+
+def test_curves_draw_each_interval_as_a_band_and_bars_draw_whiskers():
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    nan = float("nan")
+    banded = figs.Series("a", [0, 1, 2], [100.0, 80.0, nan], [98.0, 70.0, nan], [100.0, 88.0, nan])
+    plain = figs.Series("old folder", [0, 1], [100.0, 90.0])  # no bounds: a line, no band
+    fig = figs.metric_curves_figure({"IRA": [banded, plain]})
+    [ax] = fig.axes
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1  # one band, for the series with bounds
+    xs = bands[0].get_paths()[0].vertices[:, 0]
+    assert xs.min() == 0 and xs.max() == 1  # over the finite points only
+    assert figs.finite_band(plain) == ([], [], [])
+
+    bars = figs.metric_bars_figure({"run": {"UA": figs.Bar(90.0, 80.0, 95.0), "IRA": figs.Bar(70.0)}})
+    [ax] = [a for a in bars.axes if a.patches]
+    whiskers = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(whiskers) == 1 and len(whiskers[0].get_segments()) == 1  # UA has bounds, IRA none
+    (x0, low), (x1, high) = whiskers[0].get_segments()[0]
+    assert (low, high) == (80.0, 95.0)
+    assert Image.open(io.BytesIO(figs.metric_bars({"run": {"UA": figs.Bar(90.0, 80.0, 95.0)}}))).format == "PNG"

@@ -19,6 +19,7 @@ from PIL import Image
 
 from lightning_unlearn.cli import main
 from lightning_unlearn.report.document import fmt, fmt_norm
+from lightning_unlearn.report.runs import METRIC_NAMES
 from lightning_unlearn.report.sections import RESULT_HEADERS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,13 +84,23 @@ def markdown_tables(text: str) -> dict[str, list[list[str]]]:
     return tables
 
 
+def with_interval(row: dict, key: str) -> str:
+    """``94.2 [90.1, 96.8]`` from a results row's value and bounds; the value alone without bounds."""
+    value, low, high = row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    if value is None or math.isnan(value):
+        return "-"
+    if low is None or math.isnan(low):
+        return f"{value:.1f}"
+    return f"{value:.1f} [{low:.1f}, {high:.1f}]"
+
+
 def expected_results(run: Path) -> list[list[str]]:
     rows = json.loads((run / "results.json").read_text())
 
     def cell(row: dict, key: str, digits: int) -> str:
         if key == "collapsed":
             return {True: "yes", False: "no", None: "-"}[row.get(key)]
-        text = fmt(row.get(key), digits)
+        text = with_interval(row, key) if key in METRIC_NAMES else fmt(row.get(key), digits)
         return text + " (collapsed)" if key in ("UA", "UA_latest") and row.get("collapsed") and text != "-" else text
 
     return [[cell(row, key, digits) for key, _, digits in RESULT_HEADERS] for row in rows]
@@ -123,8 +134,8 @@ def test_one_run_report_is_self_contained_and_mirrors_results(stream_run, tmp_pa
     html_text = (out / "report.html").read_text(encoding="utf-8")
     page = parse_page(out / "report.html")
     pngs = assert_self_contained(page, html_text)
-    # Curves, heatmap, cost, drift over requests, per-layer drift, semantic scatter, base + 2 grids.
-    assert len(pngs) == 9
+    # Final bars, curves, heatmap, cost, drift over requests, per-layer drift, semantic scatter, base + 2 grids.
+    assert len(pngs) == 10
 
     # The Markdown names the same figures, written next to it with the same bytes.
     md = (out / "report.md").read_text(encoding="utf-8")
@@ -149,7 +160,9 @@ def test_one_run_report_is_self_contained_and_mirrors_results(stream_run, tmp_pa
     last = json.loads((stream_run / "results.json").read_text())[-1]
     [runs_table] = [t for t in page.tables if t["caption"].startswith("Runs")]
     row = dict(zip(runs_table["headers"], runs_table["rows"][0]))
-    assert (row["UA"], row["IRA"], row["CRA"]) == (fmt(last["UA"]), fmt(last["IRA"]), fmt(last["CRA"]))
+    assert (row["UA"], row["IRA"], row["CRA"]) == tuple(with_interval(last, m) for m in ("UA", "IRA", "CRA"))
+    assert re.fullmatch(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", row["IRA"])  # e.g. 94.2 [90.1, 96.8]
+    assert "Shaded: the 95% interval" in html_text and "whiskers: 95% intervals" in html_text
     assert row["cumulative steps"] == "4" and row["requests done"] == "2 of 2 requests"
     assert row["numbers"] == "final, after request 2" and row["collapsed"] == "no"
     assert (row["protocol"], row["method"]) == ("sequential", "ESD (esd-x)") and row["callbacks"] == "drift recorder"
@@ -179,8 +192,8 @@ def test_missing_inputs_are_noted_not_fatal(stream_run, copy_run, tmp_path):
         assert expected in notes
     md = (run / "report" / "report.md").read_text(encoding="utf-8")
     assert "> No run has drift.json" in md and "> bare: no grid.png." in md
-    # What results.json alone gives is still there: curves, cost, and the table.
-    assert len([t for t, _ in page.tags if t == "img"]) == 2
+    # What results.json alone gives is still there: final bars, curves, cost, and the table.
+    assert len([t for t, _ in page.tags if t == "img"]) == 3
     assert [t for t in page.tables if t["caption"].startswith("bare (")][0]["rows"] == expected_results(run)
 
 
@@ -221,8 +234,8 @@ def test_two_runs_compare_protocols_with_drift_and_semantics(stream_run, copy_ru
     html_text = (out / "report.html").read_text(encoding="utf-8")
     page = parse_page(out / "report.html")
     pngs = assert_self_contained(page, html_text)
-    # curves, 2 heatmaps, cost, drift curves, 2 layer-drift charts, 2 semantic scatters, 2 x 3 grids.
-    assert len(pngs) == 1 + 2 + 1 + 1 + 2 + 2 + 6
+    # final bars, curves, 2 heatmaps, cost, drift curves, 2 layer-drift charts, 2 semantic scatters, 2 x 3 grids.
+    assert len(pngs) == 1 + 1 + 2 + 1 + 1 + 2 + 2 + 6
 
     runs = [dict(zip(t["headers"], r)) for t in page.tables if t["caption"].startswith("Runs") for r in t["rows"]]
     assert [(r["run"], r["protocol"], r["method"], r["callbacks"]) for r in runs] == [
@@ -245,6 +258,51 @@ def test_two_runs_compare_protocols_with_drift_and_semantics(stream_run, copy_ru
     md = (out / "report.md").read_text(encoding="utf-8")
     assert markdown_tables(md)["Drift per request"] == [drift["headers"], *drift["rows"]]
 
+
+
+def test_a_folder_written_before_the_intervals_shows_its_values_without_them(stream_run, copy_run, tmp_path):
+    run = copy_run(stream_run, tmp_path / "old")
+    rows = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps([{k: v for k, v in r.items() if not k.endswith(("_lo", "_hi"))}
+                                                  for r in rows]))
+    main(["report", str(run)])
+    page = parse_page(run / "report" / "report.html")
+    [runs_table] = [t for t in page.tables if t["caption"].startswith("Runs")]
+    row = dict(zip(runs_table["headers"], runs_table["rows"][0]))
+    assert row["final IRA"] == f"{rows[-1]['IRA']:.1f}"  # the value, no brackets
+    [table] = [t for t in page.tables if t["caption"].startswith("esd_two_styles (")]
+    assert table["rows"] == expected_results(run) and "[" not in "".join(table["rows"][-1])
+    assert "No replicates among these runs" in "\n".join(page.notes)
+
+
+def test_replicates_are_aggregated_per_run_and_request_with_a_t_interval(stream_run, copy_run, tmp_path):
+    folders = []
+    for seed, shift in ((0, 0.0), (1, -6.0)):
+        run = copy_run(stream_run, tmp_path / f"seq@seed{seed}")
+        info = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**info, "label": run.name}))
+        rows = json.loads((run / "results.json").read_text())
+        for row in rows:
+            row["IRA"] += shift
+        (run / "results.json").write_text(json.dumps(rows))
+        folders.append(run)
+    single = copy_run(stream_run, tmp_path / "single")
+    out = tmp_path / "out"
+    main(["report", *map(str, folders), str(single), "--out", str(out)])
+    page = parse_page(out / "report.html")
+    html_text = (out / "report.html").read_text(encoding="utf-8")
+    # final bars, curves, cost, drift; replicate curves and bars; per run: heatmap, layer drift, semantic, 3 grids.
+    assert len(assert_self_contained(page, html_text)) == 4 + 2 + 3 * 6
+    [table] = [t for t in page.tables if t["caption"].startswith("seq: 2 replicate(s)")]
+    last = dict(zip(table["headers"], table["rows"][-1]))
+    ira = [json.loads((f / "results.json").read_text())[-1]["IRA"] for f in folders]
+    mean, half = sum(ira) / 2, 12.7062 * abs(ira[0] - ira[1]) / 2  # t(1) * s / sqrt(2), s = |a - b| / sqrt(2)
+    assert last["IRA"] == f"{mean:.1f} [{mean - half:.1f}, {mean + half:.1f}]"
+    assert (last["replicates"], last["interval"]) == ("2", "t over replicates")
+    # A run without replicates shows its own interval over the images.
+    [alone] = [t for t in page.tables if t["caption"].startswith("esd_two_styles: 1 replicate(s)")]
+    assert dict(zip(alone["headers"], alone["rows"][-1]))["interval"] == "within run"
+    assert "with 95% t-interval bands" in html_text
 
 
 def find_chromium() -> str | None:
