@@ -36,6 +36,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_unlearn.atomic_io import remove_stale_temporaries, save_weights, write_json
+from lightning_unlearn.attacks.runner import AttackRunner, attack_summary
+from lightning_unlearn.attacks.settings import AttackSettings
 from lightning_unlearn.callbacks.base import request_callbacks
 from lightning_unlearn.checks import at_least
 from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
@@ -48,7 +50,7 @@ from lightning_unlearn.progress import StreamProgress, quiet_lightning_banners
 from lightning_unlearn.protocols import MergeSettings, ProtocolName, RequestPlan, SimultaneousSettings, plan_request
 from lightning_unlearn.request_checkpoints import AtomicCheckpointIO, RequestCheckpoints, clear_checkpoints, latest_checkpoint
 from lightning_unlearn.run_folder import (
-    FAILED_FILE, MANIFEST_FILE, MERGED_FILE, METRIC_NAMES, METRICS_FILE, WEIGHTS_FILE, RunFolder, RunFolderBusyError,
+    ATTACKS_FILE, FAILED_FILE, MANIFEST_FILE, MERGED_FILE, METRIC_NAMES, METRICS_FILE, WEIGHTS_FILE, RunFolder, RunFolderBusyError,
     check_run_dir, result_row,
 )
 from lightning_unlearn.semantic_analysis import analyse_request
@@ -100,6 +102,9 @@ class StreamSettings:
     re-run resumes an interrupted request at its last checkpoint; unset = resume interrupted
     requests from their start. A pre-emption (SIGUSR1) checkpoints the request at its current
     step either way."""
+    attacks: AttackSettings = field(default_factory=AttackSettings)
+    """Adversarial recovery after each committed request (``--stream.attacks.names=[relearn,
+    embedding, prompt]``): ``attacks.json`` in the request's folder, ASR columns in the results."""
     progress: bool = True
     """Show the stream's live view on stderr (request i of N, step k of the request, elapsed
     and estimated time left, the last request's UA / IRA / CRA): one redrawn line in a terminal,
@@ -146,6 +151,8 @@ class StreamRunner:
         self.domains = {r.kind for r in data.requests}
         self.evaluation: StreamEvaluation | None = None
         """Rank 0's evaluation (built once the stream starts serving; ``None`` on other ranks)."""
+        self.attacks: AttackRunner | None = None
+        """Rank 0's attacks (``--stream.attacks``; ``None`` when off or on other ranks)."""
         self.ledger: dict[str, Any] = {}
         self.rows: list[dict[str, Any]] = []
         """The results table so far (``results.json``'s rows)."""
@@ -223,6 +230,8 @@ class StreamRunner:
             evaluator = build_evaluator(self.module, self.data.vocabulary, self.settings.evaluation)
             self.evaluation = StreamEvaluation(self.trainer, self.module, evaluator, self.data.vocabulary,
                                                self.domains, self.folder)
+            if self.settings.attacks.enabled:
+                self.attacks = AttackRunner(self.settings.attacks, evaluator, self.module.frozen_base_copy)
             if "base" not in self.ledger:
                 self._evaluate_base()
         for index in range(completed, len(self.data.requests)):
@@ -418,6 +427,7 @@ class StreamRunner:
                 )
         for stem, record in records.items():
             write_json(record, out / f"{stem}.json")
+        attack_columns = self._attack(plan, entry, out) if self.attacks is not None else {}
         cumulative = (self.rows[-1]["cumulative_steps"] if self.rows else 0) + served.steps
         row = result_row(index + 1, request, metrics, served.steps, cumulative, served.train_seconds, eval_seconds)
         if "drift" in records:
@@ -425,6 +435,7 @@ class StreamRunner:
             row["drift_to_previous"] = records["drift"]["to_previous"]["total"]
         if "semantic" in records:
             row["similarity_drop_r"] = records["semantic"]["pearson_similarity_drop"]
+        row.update(attack_columns)
         self.rows = [*self.rows, row]
         self.folder.write_results(self.rows)
         if "per_style" in metrics:
@@ -438,6 +449,19 @@ class StreamRunner:
             "  UA {UA:.1f}  UA_latest {UA_latest:.1f}  IRA {IRA:.1f}  CRA {CRA:.1f}  "
             "({train_steps} steps, {train_seconds:.0f}s train, {eval_seconds:.0f}s eval)".format(**row)
         )
+
+    def _attack(self, plan: RequestPlan, entry: dict[str, Any], out: Any) -> dict[str, Any]:
+        """Attack the model just saved (a copy of it: its weights stay as committed), write
+        ``attacks.json`` and record it in the request's ledger ``entry``; returns the results
+        columns. Part of the commit: a process killed here re-serves the request, and the
+        attacks, deterministic, give the same record."""
+        targets = [plan.request] if self.settings.attacks.targets == "latest" else list(plan.scored_erased)
+        if plan.request not in targets:
+            targets.append(plan.request)
+        record = self.attacks.attack(self.module.unet, targets)
+        write_json(record, out / ATTACKS_FILE)
+        self.folder.record_file(entry, "attacks", out / ATTACKS_FILE)
+        return attack_summary(record, plan.request)
 
     def _save_weights(self, plan: RequestPlan, out: Any) -> dict[str, Any]:
         """Write the request's weights (and, merging, the merge of requests 1..k, which the

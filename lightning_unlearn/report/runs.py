@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning_unlearn.errors import UnlearnError
-from lightning_unlearn.run_folder import GRID_FILE, METRIC_NAMES, RunFolder
+from lightning_unlearn.run_folder import ATTACK_COLUMNS, GRID_FILE, METRIC_NAMES, RunFolder
 
-__all__ = ["METRIC_NAMES", "HEADLINE_METRICS", "RunFolderError", "RequestRecord", "RunRecord", "load_run"]
+__all__ = ["ATTACK_COLUMNS", "METRIC_NAMES", "HEADLINE_METRICS", "RunFolderError", "RequestRecord", "RunRecord", "load_run"]
 
 HEADLINE_METRICS = ("UA", "IRA", "CRA")
 """The subset of METRIC_NAMES the report plots and sums a run up with."""
