@@ -37,7 +37,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_unlearn.atomic_io import remove_stale_temporaries, save_weights, write_json
 from lightning_unlearn.attacks.runner import AttackRunner, attack_summary
-from lightning_unlearn.attacks.settings import AttackSettings
+from lightning_unlearn.attacks.settings import ATTACK_NAMES, AttackSettings
 from lightning_unlearn.callbacks.base import request_callbacks
 from lightning_unlearn.checks import at_least
 from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
@@ -61,8 +61,8 @@ from lightning_unlearn.serving import (
 from lightning_unlearn.stream_evaluation import StreamEvaluation, UATargetStop, build_evaluator, check_scorable
 from lightning_unlearn.unlearning_module import UnlearningModule
 
-__all__ = ["RequestFailedError", "RunFolderBusyError", "StrayHpcCheckpointError", "StreamRunner", "StreamSettings",
-           "UnlearnCLI", "callback_label", "check_run_dir", "unlearn"]
+__all__ = ["NoCommittedRequestError", "RequestFailedError", "RunFolderBusyError", "StrayHpcCheckpointError", "StreamRunner", "StreamSettings",
+           "UnlearnCLI", "attack", "callback_label", "check_run_dir", "unlearn"]
 
 
 class StrayHpcCheckpointError(UnlearnError, RuntimeError):
@@ -450,6 +450,37 @@ class StreamRunner:
             "({train_steps} steps, {train_seconds:.0f}s train, {eval_seconds:.0f}s eval)".format(**row)
         )
 
+    def attack_committed(self) -> list[int]:
+        """``train.py attack``: attack every committed request whose ledger entry records no
+        ``attacks.json`` (its deployed weights loaded into the module, verified), writing it, the
+        results columns and the ledger after each request: a killed run resumes with the next
+        unattacked one. Returns the request numbers attacked."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.folder.lock()
+        try:
+            to_training_device(self.trainer, self.module)
+            self.ledger = self.folder.load_ledger(self.data.requests)
+            self.rows = self.folder.read_results()
+            evaluator = build_evaluator(self.module, self.data.vocabulary, self.settings.evaluation)
+            self.attacks = AttackRunner(self.settings.attacks, evaluator, self.module.frozen_base_copy)
+            attacked = []
+            for position, entry in enumerate(self.ledger["completed"]):
+                if "attacks" in entry:
+                    continue
+                plan = plan_request(self.data.requests, position, self.settings.protocol,
+                                    self.settings.merge is not None, erased_before=self.data.erased_before)
+                key = "merged" if "merged" in entry else "weights"
+                self.module.load_trainable_state(self.folder.verified_weights(entry, key), source=self.run_dir / entry[key])
+                rank_zero_info(f"attacking request {position + 1} ({entry['concept']})")
+                columns = self._attack(plan, entry, self.folder.request_dir(position, plan.request))
+                self.rows = [{**row, **columns} if row["request"] == position + 1 else row for row in self.rows]
+                self.folder.write_results(self.rows)
+                self.folder.write_ledger(self.ledger)
+                attacked.append(position + 1)
+            return attacked
+        finally:
+            self.folder.unlock()
+
     def _attack(self, plan: RequestPlan, entry: dict[str, Any], out: Any) -> dict[str, Any]:
         """Attack the model just saved (a copy of it: its weights stay as committed), write
         ``attacks.json`` and record it in the request's ledger ``entry``; returns the results
@@ -507,6 +538,44 @@ class UnlearnCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir=run_dir, name="tensorboard", version=""),
             )
+
+
+class NoCommittedRequestError(UnlearnError, ValueError):
+    """``train.py attack RUN_DIR`` on a run folder whose ledger commits no request yet."""
+
+
+def attack(args: list[str]) -> list[int]:
+    """``train.py attack RUN_DIR [--stream.attacks.* ...]``: attack the committed requests of an
+    existing run folder that have no ``attacks.json`` yet (all three attacks unless
+    ``--stream.attacks.names`` says otherwise), with the run's own ``config.yaml``."""
+    if not args or args[0].startswith("-"):
+        raise SettingsError("attack: give the run folder first: train.py attack RUN_DIR [--stream.attacks.names=[...] ...]")
+    run_dir, options = args[0], args[1:]
+    folder = RunFolder(run_dir)
+    if not folder.ledger_path.is_file():
+        raise NoCommittedRequestError(f"{folder.path} has no ledger.json: it is not a run folder, or no request "
+                                      "was ever committed there (run train.py unlearn first)")
+    ledger = folder.verified_ledger()
+    if not ledger["completed"]:
+        raise NoCommittedRequestError(f"{folder.path} has no committed request yet: nothing to attack")
+    config = folder.config_path()
+    if config is None:
+        raise SettingsError(f"{folder.path} has no config.yaml: the run's model and evaluation are unknown")
+    if not any(option.startswith("--stream.attacks.names") for option in options):
+        options = [f"--stream.attacks.names=[{', '.join(ATTACK_NAMES)}]", *options]
+    with quiet_lightning_banners():
+        cli = UnlearnCLI(
+            UnlearningModule, ConceptStreamDataModule, run=False,
+            args=["--config", str(config), f"--stream.run_dir={run_dir}", "--trainer.logger=false",
+                  "--stream.progress=false", *options],
+            trainer_defaults={"enable_checkpointing": False, "enable_model_summary": False},
+            save_config_callback=None, parser_kwargs={"allow_abbrev": False},
+        )
+        runner = StreamRunner(cli.trainer, cli.model, cli.datamodule, cli.config_init.stream)
+        attacked = runner.attack_committed()
+    print(f"{folder.path}: attacked requests {attacked}" if attacked
+          else f"{folder.path}: every committed request already has its attacks.json; nothing to do")
+    return attacked
 
 
 def unlearn(args: list[str]) -> list[dict[str, Any]]:

@@ -84,3 +84,25 @@ def test_bad_attack_options_are_refused_before_any_file(tmp_path, cli_error):
                       "--stream.attacks.embedding.steps=0"])
     assert "--stream.attacks.embedding.steps must be >= 1, got 0" in line
     assert not run.exists()
+
+
+def test_attack_subcommand_attacks_an_existing_run_once(tmp_path, cli_error):
+    run = tmp_path / "run"
+    stream(run, "[Van Gogh]")
+    assert not (run / "requests" / "01-van-gogh" / "attacks.json").exists()
+    main(["attack", str(run), *TINY_ATTACKS[1:]])  # names default to all three
+    path = run / "requests" / "01-van-gogh" / "attacks.json"
+    record = json.loads(path.read_text())
+    assert set(record["targets"][0]["attacks"]) == {"relearn", "embedding", "prompt"}
+    assert json.loads((run / "ledger.json").read_text())["completed"][0]["attacks"] == "requests/01-van-gogh/attacks.json"
+    assert "relearn_asr" in json.loads((run / "results.json").read_text())[1]
+    assert verify(run) == 0
+    before = path.read_bytes()
+    main(["attack", str(run), *TINY_ATTACKS[1:]])  # resumable: an attacked request is not attacked again
+    assert path.read_bytes() == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no ledger.json" in cli_error(["attack", str(empty)])
+    assert "did you mean 'relearn'" in cli_error(["attack", str(run), "--stream.attacks.names=[relern]"])
+    (empty / "ledger.json").write_text(json.dumps({"stream": [{"concept": "Van Gogh", "kind": "style"}], "completed": []}))
+    assert "has no committed request yet: nothing to attack" in cli_error(["attack", str(empty)])
