@@ -67,3 +67,10 @@ def test_esd_bank_vs_reference_benchmark_quick():
         out = run_quick("esd_bank_vs_reference.py", mode)
         assert [r[0] for r in table_rows(out, header)] == ["bank", "reference"]
         assert ratio in out
+
+
+def test_attacks_benchmark_quick():
+    out = run_quick("attacks.py")
+    rows = table_rows(out, "| request | train s |")
+    assert [r[0] for r in rows] == ["Van Gogh"]
+    assert float(rows[0][3]) > 0 and float(rows[0][5]) > 1  # attack seconds; request time with attacks (x)
