@@ -94,6 +94,13 @@ class Backbone(nn.Module):
         mask = None if masks[0] is None else torch.stack(masks).to(device)  # type: ignore[arg-type]
         return states, mask
 
+    @torch.no_grad()
+    def encode_text_uncached(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like :meth:`encode_text`, without caching: for one-off captions (an attack's candidate
+        prompts), which would otherwise fill the cache."""
+        states, mask = self._encode_uncached(list(captions))
+        return states.to(self.device), None if mask is None else mask.to(self.device)
+
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` becomes, special tokens excluded."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

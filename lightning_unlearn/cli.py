@@ -8,6 +8,8 @@ file or the name of a shipped config (``tinyworld/esd_styles_sequential``; see
 - ``pretrain``: fit any LightningModule + DataModule from a config (the tiny world's UNet and
   classifier recipes); Lightning's own ``fit`` options apply (``--ckpt_path last`` resumes).
 - ``unlearn``: serve a stream of unlearning requests (see ``lightning_unlearn.stream``).
+- ``attack``: attack the committed requests of a run folder that have no ``attacks.json`` yet
+  (relearning, learned embedding, prompt search; see ``lightning_unlearn.attacks``).
 - ``study``: run several streams in turn, each in its own folder, then report on them all
   (see ``lightning_unlearn.study``).
 - ``report``: compare run folders in one self-contained HTML page and Markdown (see
@@ -28,7 +30,7 @@ from pathlib import Path
 from lightning_unlearn.config_names import resolve_config_args
 from lightning_unlearn.errors import UnlearnError
 
-SUBCOMMANDS = ("pretrain", "unlearn", "report", "study", "verify", "export")
+SUBCOMMANDS = ("pretrain", "unlearn", "attack", "report", "study", "verify", "export")
 
 
 def _quiet() -> None:
@@ -129,6 +131,10 @@ def _dispatch(argv: list[str] | None) -> None:
         from lightning_unlearn.export import main as export
 
         export(rest)
+    elif command == "attack":
+        from lightning_unlearn.stream import attack
+
+        attack(rest)
     elif command == "verify":
         from lightning_unlearn.verify import main as verify
 

@@ -1,7 +1,8 @@
 """A run folder's ledger: its structure and the sha256 checks of the files it records.
 
 ``ledger.json`` lists the committed requests in order, each with the files it commits and their
-sha256 (weights; the merge under ``--stream.merge``; metrics when the request was evaluated),
+sha256 (weights; the merge under ``--stream.merge``; metrics when the request was evaluated;
+``attacks.json`` under ``--stream.attacks``),
 and the base evaluation's metrics. The stream checks every recorded file on every start
 (:func:`verify_committed_files`, before it writes anything), so an edited or replaced file is
 refused with :class:`LedgerMismatchError` naming it rather than built upon or reported as done.
@@ -99,7 +100,7 @@ def ledger_problems(ledger: Any) -> list[str]:
                 {k: entry.get(k) for k in ("concept", "kind")} != {k: stream[position].get(k) for k in ("concept", "kind")}):
             problems.append(f"{label} is not the stream's request {position + 1} ({stream[position].get('concept')!r})")
         for path_key, sha_key, required in (("weights", "sha256", True), ("merged", "merged_sha256", False),
-                                            ("metrics", "metrics_sha256", False)):
+                                            ("metrics", "metrics_sha256", False), ("attacks", "attacks_sha256", False)):
             if path_key not in entry and sha_key not in entry:
                 if required:
                     problems.append(f"{label} records no {path_key}")
@@ -136,7 +137,7 @@ def recorded_files(ledger: dict[str, Any]) -> list[RecordedFile]:
     for position, entry in enumerate(ledger["completed"]):
         owner = request_label(entry, position)
         for path_key, sha_key in (("weights", "sha256"), ("merged", "merged_sha256"), ("adapter", "adapter_sha256"),
-                                  ("metrics", "metrics_sha256")):
+                                  ("metrics", "metrics_sha256"), ("attacks", "attacks_sha256")):
             if sha_key in entry:
                 files.append(RecordedFile(owner, path_key, entry[path_key], entry[sha_key]))
         for key, record in (entry.get("carried_states") or {}).items():

@@ -14,7 +14,8 @@ read through it::
       requests/NN-<slug>/           weights.safetensors, merged.safetensors (--stream.merge),
                                     adapter.safetensors + adapter.json (--model.trainable=lora),
                                     manifest.json, metrics.json, grid.png, <record>.json of the
-                                    request callbacks, FAILED.json of a failed attempt
+                                    request callbacks, attacks.json (--stream.attacks),
+                                    FAILED.json of a failed attempt
       checkpoints/                  request-NN-step-SSSSSS.ckpt + request-NN.json (mid-request)
       anchors/                      data methods cache across requests (Concept Ablation)
       tensorboard/                  the default logger; its config.yaml is the command's settings
@@ -66,6 +67,14 @@ RESULT_COLUMNS = (
     "similarity_drop_r", *COLLAPSE_COLUMNS,
 )
 """Columns of ``results.csv`` (``results.json`` rows hold the same keys, unformatted)."""
+ATTACK_COLUMNS = (
+    "relearn_asr", "relearn_asr_low", "relearn_asr_high", "relearn_steps_to_recover",
+    "embedding_asr", "embedding_asr_low", "embedding_asr_high",
+    "prompt_asr", "prompt_asr_low", "prompt_asr_high", "attack_images", "attack_seconds",
+)
+"""Columns ``--stream.attacks`` adds after RESULT_COLUMNS (only in runs that attack): each attack's
+ASR on the request's concept with its 95% Wilson interval, relearning's steps to bring UA under
+50 (empty: not within the budgets), the images each ASR is over, the attacks' seconds."""
 
 REQUESTS_DIR = "requests"
 BASE_FOLDER = "00-base"
@@ -83,6 +92,8 @@ WEIGHTS_FILE, MERGED_FILE = "weights.safetensors", "merged.safetensors"
 METRICS_FILE, GRID_FILE, MANIFEST_FILE, FAILED_FILE = "metrics.json", "grid.png", "manifest.json", "FAILED.json"
 ADAPTER_FILE, ADAPTER_CONFIG_FILE = "adapter.safetensors", "adapter.json"
 """``requests/NN-*/adapter.*``: with ``--model.trainable=lora``, the request's adapter and its settings."""
+ATTACKS_FILE = "attacks.json"
+"""``requests/NN-*/attacks.json``: the attacks' full record (``--stream.attacks``), in the ledger."""
 CARRIED_STATE_PREFIX = "carried-"
 """``requests/NN-*/carried-<callback>.safetensors``: a callback's state that outlives the request."""
 
@@ -156,9 +167,12 @@ def result_row(number: int, request: Request | None, metrics: dict[str, Any], st
 
 
 def results_csv(rows: list[dict[str, Any]]) -> str:
-    """``results.csv``'s text: RESULT_COLUMNS, floats with two decimals, other keys left out."""
+    """``results.csv``'s text: RESULT_COLUMNS (then ATTACK_COLUMNS when a row has them), floats
+    with two decimals, other keys left out."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    attacked = any(key in row for row in rows for key in ATTACK_COLUMNS)
+    columns = (*RESULT_COLUMNS, *ATTACK_COLUMNS) if attacked else RESULT_COLUMNS
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -36,6 +36,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_unlearn.atomic_io import remove_stale_temporaries, save_weights, write_json
+from lightning_unlearn.attacks.runner import AttackRunner, attack_summary
+from lightning_unlearn.attacks.settings import ATTACK_NAMES, AttackSettings
 from lightning_unlearn.callbacks.base import request_callbacks
 from lightning_unlearn.checks import at_least
 from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
@@ -51,7 +53,7 @@ from lightning_unlearn.protocols import (
 from lightning_unlearn.request_checkpoints import AtomicCheckpointIO, RequestCheckpoints, clear_checkpoints, latest_checkpoint
 from lightning_unlearn.lora import refuse_callbacks_without_lora_support, save_adapter
 from lightning_unlearn.run_folder import (
-    ADAPTER_CONFIG_FILE, ADAPTER_FILE, FAILED_FILE, MANIFEST_FILE, MERGED_FILE, METRIC_COLUMNS, METRICS_FILE,
+    ADAPTER_CONFIG_FILE, ADAPTER_FILE, ATTACKS_FILE, FAILED_FILE, MANIFEST_FILE, MERGED_FILE, METRIC_COLUMNS, METRICS_FILE,
     WEIGHTS_FILE, RunFolder, RunFolderBusyError,
     check_run_dir, result_row,
 )
@@ -63,8 +65,8 @@ from lightning_unlearn.serving import (
 from lightning_unlearn.stream_evaluation import StreamEvaluation, UATargetStop, build_evaluator, check_scorable
 from lightning_unlearn.unlearning_module import UnlearningModule
 
-__all__ = ["RequestFailedError", "RunFolderBusyError", "StrayHpcCheckpointError", "StreamRunner", "StreamSettings",
-           "UnlearnCLI", "check_run_dir", "unlearn"]
+__all__ = ["NoCommittedRequestError", "RequestFailedError", "RunFolderBusyError", "StrayHpcCheckpointError", "StreamRunner",
+           "StreamSettings", "UnlearnCLI", "attack", "check_run_dir", "unlearn"]
 
 
 class StrayHpcCheckpointError(UnlearnError, RuntimeError):
@@ -106,6 +108,9 @@ class StreamSettings:
     re-run resumes an interrupted request at its last checkpoint; unset = resume interrupted
     requests from their start. A pre-emption (SIGUSR1) checkpoints the request at its current
     step either way."""
+    attacks: AttackSettings = field(default_factory=AttackSettings)
+    """Adversarial recovery after each committed request (``--stream.attacks.names=[relearn,
+    embedding, prompt]``): ``attacks.json`` in the request's folder, ASR columns in the results."""
     progress: bool = True
     """Show the stream's live view on stderr (request i of N, step k of the request, elapsed
     and estimated time left, the last request's UA / IRA / CRA): one redrawn line in a terminal,
@@ -143,6 +148,8 @@ class StreamRunner:
         self.domains = {r.kind for r in data.requests}
         self.evaluation: StreamEvaluation | None = None
         """Rank 0's evaluation (built once the stream starts serving; ``None`` on other ranks)."""
+        self.attacks: AttackRunner | None = None
+        """Rank 0's attacks (``--stream.attacks``; ``None`` when off or on other ranks)."""
         self.ledger: dict[str, Any] = {}
         self.rows: list[dict[str, Any]] = []
         """The results table so far (``results.json``'s rows)."""
@@ -224,6 +231,8 @@ class StreamRunner:
             evaluator = build_evaluator(self.module, self.data.vocabulary, self.settings.evaluation)
             self.evaluation = StreamEvaluation(self.trainer, self.module, evaluator, self.data.vocabulary,
                                                self.domains, self.folder)
+            if self.settings.attacks.enabled:
+                self.attacks = AttackRunner(self.settings.attacks, evaluator, self.module.frozen_base_copy)
             if "base" not in self.ledger:
                 self._evaluate_base()
         for index in range(completed, len(self.data.requests)):
@@ -423,6 +432,7 @@ class StreamRunner:
             records["semantic"] = self._semantic_analysis(plan, metrics)
         for stem, record in records.items():
             write_json(record, out / f"{stem}.json")
+        attack_columns = self._attack(plan, entry, out) if self.attacks is not None else {}
         cumulative = (self.rows[-1]["cumulative_steps"] if self.rows else 0) + served.steps
         row = result_row(index + 1, request, metrics, served.steps, cumulative, served.train_seconds, eval_seconds)
         if "drift" in records:
@@ -430,6 +440,7 @@ class StreamRunner:
             row["drift_to_previous"] = records["drift"]["to_previous"]["total"]
         if "semantic" in records:
             row["similarity_drop_r"] = records["semantic"]["pearson_similarity_drop"]
+        row.update(attack_columns)
         self.rows = [*self.rows, row]
         self.folder.write_results(self.rows)
         if "per_style" in metrics:
@@ -464,6 +475,50 @@ class StreamRunner:
         record = analyse_request(self.module.backbone, self.data.vocabulary, self.module.reference_unet, self.module.unet,
                                  list(plan.erasing), list(plan.scored_erased), before, after)
         return {**record, "scored_on": scored_on}
+
+    def attack_committed(self) -> list[int]:
+        """``train.py attack``: attack every committed request whose ledger entry records no
+        ``attacks.json`` (its deployed weights loaded into the module, verified), writing it, the
+        results columns and the ledger after each request: a killed run resumes with the next
+        unattacked one. Returns the request numbers attacked."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.folder.lock()
+        try:
+            to_training_device(self.trainer, self.module)
+            self.ledger = self.folder.load_ledger(self.data.requests)
+            self.rows = self.folder.read_results()
+            evaluator = build_evaluator(self.module, self.data.vocabulary, self.settings.evaluation)
+            self.attacks = AttackRunner(self.settings.attacks, evaluator, self.module.frozen_base_copy)
+            attacked = []
+            for position, entry in enumerate(self.ledger["completed"]):
+                if "attacks" in entry:
+                    continue
+                plan = plan_request(self.data.requests, position, self.settings.protocol,
+                                    self.settings.merge is not None, erased_before=self.data.erased_before)
+                key = "merged" if "merged" in entry else "weights"
+                self.module.load_trainable_state(self.folder.verified_weights(entry, key), source=self.run_dir / entry[key])
+                rank_zero_info(f"attacking request {position + 1} ({entry['concept']})")
+                columns = self._attack(plan, entry, self.folder.request_dir(position, plan.request))
+                self.rows = [{**row, **columns} if row["request"] == position + 1 else row for row in self.rows]
+                self.folder.write_results(self.rows)
+                self.folder.write_ledger(self.ledger)
+                attacked.append(position + 1)
+            return attacked
+        finally:
+            self.folder.unlock()
+
+    def _attack(self, plan: RequestPlan, entry: dict[str, Any], out: Any) -> dict[str, Any]:
+        """Attack the model just saved (a copy of it: its weights stay as committed), write
+        ``attacks.json`` and record it in the request's ledger ``entry``; returns the results
+        columns. Part of the commit: a process killed here re-serves the request, and the
+        attacks, deterministic, give the same record."""
+        targets = [plan.request] if self.settings.attacks.targets == "latest" else list(plan.scored_erased)
+        if plan.request not in targets:
+            targets.append(plan.request)
+        record = self.attacks.attack(self.module.unet, targets)
+        write_json(record, out / ATTACKS_FILE)
+        self.folder.record_file(entry, "attacks", out / ATTACKS_FILE)
+        return attack_summary(record, plan.request)
 
     def _save_weights(self, plan: RequestPlan, out: Any) -> dict[str, Any]:
         """Write the request's weights (and, merging, the merge of requests 1..k, which the
@@ -515,6 +570,44 @@ class UnlearnCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir=run_dir, name="tensorboard", version=""),
             )
+
+
+class NoCommittedRequestError(UnlearnError, ValueError):
+    """``train.py attack RUN_DIR`` on a run folder whose ledger commits no request yet."""
+
+
+def attack(args: list[str]) -> list[int]:
+    """``train.py attack RUN_DIR [--stream.attacks.* ...]``: attack the committed requests of an
+    existing run folder that have no ``attacks.json`` yet (all three attacks unless
+    ``--stream.attacks.names`` says otherwise), with the run's own ``config.yaml``."""
+    if not args or args[0].startswith("-"):
+        raise SettingsError("attack: give the run folder first: train.py attack RUN_DIR [--stream.attacks.names=[...] ...]")
+    run_dir, options = args[0], args[1:]
+    folder = RunFolder(run_dir)
+    if not folder.ledger_path.is_file():
+        raise NoCommittedRequestError(f"{folder.path} has no ledger.json: it is not a run folder, or no request "
+                                      "was ever committed there (run train.py unlearn first)")
+    ledger = folder.verified_ledger()
+    if not ledger["completed"]:
+        raise NoCommittedRequestError(f"{folder.path} has no committed request yet: nothing to attack")
+    config = folder.config_path()
+    if config is None:
+        raise SettingsError(f"{folder.path} has no config.yaml: the run's model and evaluation are unknown")
+    if not any(option.startswith("--stream.attacks.names") for option in options):
+        options = [f"--stream.attacks.names=[{', '.join(ATTACK_NAMES)}]", *options]
+    with quiet_lightning_banners():
+        cli = UnlearnCLI(
+            UnlearningModule, ConceptStreamDataModule, run=False,
+            args=["--config", str(config), f"--stream.run_dir={run_dir}", "--trainer.logger=false",
+                  "--stream.progress=false", *options],
+            trainer_defaults={"enable_checkpointing": False, "enable_model_summary": False},
+            save_config_callback=None, parser_kwargs={"allow_abbrev": False},
+        )
+        runner = StreamRunner(cli.trainer, cli.model, cli.datamodule, cli.config_init.stream)
+        attacked = runner.attack_committed()
+    print(f"{folder.path}: attacked requests {attacked}" if attacked
+          else f"{folder.path}: every committed request already has its attacks.json; nothing to do")
+    return attacked
 
 
 def unlearn(args: list[str]) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ def unexpected_files(run_dir: Path, ledger: dict[str, Any]) -> list[str]:
     notes = []
     committed = len(ledger["completed"])
     recorded = {PurePosixPath(f.path) for f in recorded_files(ledger)}
-    recorded |= {PurePosixPath(e[k]) for e in ledger["completed"] for k in ("weights", "merged", "metrics") if k in e}
+    recorded |= {PurePosixPath(e[k]) for e in ledger["completed"] for k in ("weights", "merged", "metrics", "attacks") if k in e}
     for path in sorted(run_dir.rglob("*")):
         if not path.is_file():
             continue

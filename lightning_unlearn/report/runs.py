@@ -14,9 +14,9 @@ from typing import Any
 
 from lightning_unlearn.errors import SettingsError, UnlearnError
 from lightning_unlearn.intervals import bound_keys
-from lightning_unlearn.run_folder import GRID_FILE, METRIC_NAMES, SETTINGS_NAME, RunFolder, progress_text
+from lightning_unlearn.run_folder import ATTACK_COLUMNS, GRID_FILE, METRIC_NAMES, SETTINGS_NAME, RunFolder, progress_text
 
-__all__ = ["METRIC_NAMES", "HEADLINE_METRICS", "RunFolderError", "RequestRecord", "RunRecord", "load_run",
+__all__ = ["ATTACK_COLUMNS", "METRIC_NAMES", "HEADLINE_METRICS", "RunFolderError", "RequestRecord", "RunRecord", "load_run",
            "metric_interval"]
 
 HEADLINE_METRICS = ("UA", "IRA", "CRA")

@@ -2,8 +2,9 @@
 
 Sections, in reading order: the runs (protocol, method, callbacks, headline numbers with their
 95% intervals, as bars with whiskers); replicates (per study run, the mean over its seeds with a
-t interval); UA / IRA / CRA over requests (interval bands); request x concept accuracy; training
-cost; parameter drift; semantic similarity vs forgetting; image grids of the same prompts and seeds before and after each
+t interval); UA / IRA / CRA over requests (interval bands); robustness to attacks (runs with
+``--stream.attacks`` only); request x concept accuracy; training cost; parameter drift; semantic
+similarity vs forgetting; image grids of the same prompts and seeds before and after each
 request; the numbers per request. A section whose inputs no run folder has (older runs have no
 ``run.json``, ``drift.json`` or ``semantic.json``) says so in one :class:`Note` instead.
 """
@@ -22,7 +23,9 @@ from lightning_unlearn.report import figures as figs
 from lightning_unlearn.report.document import (
     Figure, Gallery, Note, Paragraph, Section, Table, as_float, fmt, fmt_interval, fmt_norm, slug,
 )
-from lightning_unlearn.report.runs import HEADLINE_METRICS, METRIC_NAMES, RequestRecord, RunRecord, metric_interval
+from lightning_unlearn.report.runs import (
+    ATTACK_COLUMNS, HEADLINE_METRICS, METRIC_NAMES, RequestRecord, RunRecord, metric_interval,
+)
 from lightning_unlearn.run_folder import COLLAPSE_TOP_SHARE
 
 GRID_MAX_SIDE = 512
@@ -204,6 +207,53 @@ def replicates_section(runs: list[RunRecord]) -> Section:
             ["request", "concept", "replicates", "interval", *HEADLINE_METRICS],
             [[str(r["request"]), str(r["concept"]), str(r["replicates"]), str(r["interval"]),
               *(fmt_interval(r.get(m), metric_interval(r, m)) for m in HEADLINE_METRICS)] for r in rows],
+        ))
+    return section
+
+
+ATTACKS = tuple(column[: -len("_asr")] for column in ATTACK_COLUMNS if column.endswith("_asr"))
+"""Attacks whose ASR columns a results row may hold (``--stream.attacks``), in column order."""
+
+
+def attacked(run: RunRecord) -> bool:
+    """Whether any results row of ``run`` carries attack columns."""
+    return any(f"{name}_asr" in row for row in run.results for name in ATTACKS)
+
+
+def attacks_section(runs: list[RunRecord]) -> Section:
+    """Robustness vs request: each attack's ASR on the request's concept after every request,
+    runs overlaid, and per run a table of ASR with 95% intervals and relearning's steps to recover."""
+    section = Section("Robustness to adversarial recovery")
+    runs = [run for run in runs if attacked(run)]
+    names = [name for name in ATTACKS if any(f"{name}_asr" in row for run in runs for row in run.results)]
+    section.blocks.append(Paragraph(
+        "After each request the erased concept is attacked on a copy of the committed model: relearning "
+        "(fine-tuning on a few base-model images of it), a learned soft prompt, a searched word prefix. "
+        "ASR: share of the attacked images the classifier calls the erased concept (lower is more robust); "
+        "brackets: 95% Wilson interval; steps to recover: relearning steps until UA < 50 ('-': not within the budgets)."
+    ))
+    panels = {
+        f"{name} ASR": [figs.Series(run.name, [int(r["request"]) for r in run.results],
+                                    [as_float(r.get(f"{name}_asr")) for r in run.results]) for run in runs]
+        for name in names
+    }
+    section.blocks.append(Figure("attacks.png", figs.metric_curves(panels), "Attack success rate after each request"))
+    for run in runs:
+        rows = []
+        for row in run.results:
+            if not any(f"{name}_asr" in row for name in names):
+                continue
+            cells = [fmt(row.get("request")), str(row.get("concept"))]
+            for name in names:
+                asr, low, high = (as_float(row.get(f"{name}_asr{end}")) for end in ("", "_low", "_high"))
+                cells.append("-" if math.isnan(asr) else f"{asr:.1f} [{low:.1f}, {high:.1f}]")
+            steps = row.get("relearn_steps_to_recover")
+            cells += ["-" if steps is None else fmt(steps), fmt(row.get("attack_images")), fmt(as_float(row.get("attack_seconds")), 1)]
+            rows.append(cells)
+        section.blocks.append(Table(
+            f"{run.name}: attacks on each request's concept",
+            ["request", "concept", *(f"{name} ASR %" for name in names), "relearn steps to recover", "images", "attack s"],
+            rows,
         ))
     return section
 
@@ -458,7 +508,10 @@ def build_sections(runs: list[RunRecord]) -> list[Section]:
         while candidate in slugs.values():
             candidate, n = f"{base}-{n}", n + 1
         slugs[run.name] = candidate
+    # Robustness appears only in reports over runs that attacked (``--stream.attacks``).
+    robustness = [attacks_section(runs)] if any(attacked(run) for run in runs) else []
     return [
-        runs_section(runs), replicates_section(runs), curves_section(runs), heatmap_section(runs, slugs), cost_section(runs),
+        runs_section(runs), replicates_section(runs), curves_section(runs), *robustness, heatmap_section(runs, slugs),
+        cost_section(runs),
         drift_section(runs, slugs), semantic_section(runs, slugs), grids_section(runs, slugs), results_section(runs),
     ]

@@ -75,3 +75,10 @@ def test_evaluation_seeds_benchmark_quick():
     assert [(r[0], r[1]) for r in rows] == [("1", "12"), ("3", "36")]
     # Three times the images: a narrower interval on the same base model (100% of 12 vs of 36).
     assert float(rows[1][7]) < float(rows[0][7])
+
+
+def test_attacks_benchmark_quick():
+    out = run_quick("attacks.py")
+    rows = table_rows(out, "| request | train s |")
+    assert [r[0] for r in rows] == ["Van Gogh"]
+    assert float(rows[0][3]) > 0 and float(rows[0][5]) > 1  # attack seconds; request time with attacks (x)
