@@ -269,7 +269,7 @@ def test_a_folder_written_before_the_intervals_shows_its_values_without_them(str
     page = parse_page(run / "report" / "report.html")
     [runs_table] = [t for t in page.tables if t["caption"].startswith("Runs")]
     row = dict(zip(runs_table["headers"], runs_table["rows"][0]))
-    assert row["final IRA"] == f"{rows[-1]['IRA']:.1f}"  # the value, no brackets
+    assert row["IRA"] == f"{rows[-1]['IRA']:.1f}"  # the value, no brackets
     [table] = [t for t in page.tables if t["caption"].startswith("esd_two_styles (")]
     assert table["rows"] == expected_results(run) and "[" not in "".join(table["rows"][-1])
     assert "No replicates among these runs" in "\n".join(page.notes)
