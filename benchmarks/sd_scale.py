@@ -220,7 +220,8 @@ def measure(setting: str, folder: Path, args) -> dict:
     started = time.perf_counter()
     request = data.requests[0]
     with trainer.precision_plugin.forward_context():
-        module.begin_request(plan_request(data.requests, 0, "sequential"), data.erase_captions(request))
+        module.begin_request(plan_request(data.requests, 0, "sequential"), data.erase_captions(request),
+                             vocabulary=data.vocabulary)
     if cuda:
         torch.cuda.synchronize()
     bank_seconds = time.perf_counter() - started

@@ -138,7 +138,8 @@ class VocabularySubset(nn.Module):
 class UnlearningScores(Metric):
     """Per-(style, object) hit counts of both classifiers; UA / IRA / CRA derive from them.
 
-    Counts add up across processes (``dist_reduce_fx="sum"``), so DDP evaluation is exact.
+    Counts add up across processes: :meth:`Evaluator.evaluate` sums every state over the
+    processes of a DDP job once per evaluation, so a shared evaluation is exact.
     """
 
     full_state_update = False
