@@ -45,12 +45,10 @@ run() {
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       || { echo "wheel install failed" | tee "$log"; return 1; }
   fi
-  # The package as setuptools would install it (callbacks/ and datamodules/ inside it), without building.
-  mkdir -p /tmp/pkg && rm -rf /tmp/pkg/lightning_unlearn && cp -r lightning_unlearn /tmp/pkg/
-  ln -s "$PWD/callbacks" /tmp/pkg/lightning_unlearn/callbacks
-  ln -s "$PWD/datamodules" /tmp/pkg/lightning_unlearn/datamodules
-  ln -s "$PWD/configs" /tmp/pkg/lightning_unlearn/configs
-  export PYTHONPATH=/tmp/pkg:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  # The package as setuptools installs it (callbacks/, datamodules/, configs/ inside it), without an
+  # install: links in this copy of the checkout, which the benchmarks put first on sys.path.
+  for d in callbacks datamodules configs; do [ -e "lightning_unlearn/$d" ] || ln -s "../$d" "lightning_unlearn/$d"; done
+  export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   {
     echo "# GPU check $(date -u +%Y-%m-%dT%H:%MZ)"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
