@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -72,3 +74,16 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
+
+
+def measure_in_own_process(script: str, setting: str, child_args: list[str]) -> dict:
+    """Run ``script --_measure SETTING CHILD_ARGS`` in a new process (its peak memory is its own)
+    and return the JSON its ``RESULT`` line holds; also printed, so that a run cut off later keeps it."""
+    cmd = [sys.executable, script, "--_measure", setting, *child_args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{setting} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    print(f"measured {setting}: {json.dumps(result)}", flush=True)
+    return result

@@ -1,5 +1,4 @@
-"""One ESD request on an SD-1.5-shaped model: fp32 vs bf16 vs bf16 + 8-bit AdamW + checkpointing,
-and full trainable sets vs LoRA adapters.
+"""One ESD request on an SD-1.5-shaped model: fp32 vs bf16 vs bf16 + compile (+ channels-last, fused AdamW, CUDA graphs) vs bf16 + 8-bit AdamW + checkpointing; full trainable sets vs LoRA adapters.
 
     python benchmarks/sd_scale.py                                  # CPU: reduced size
     python benchmarks/sd_scale.py --size full --device cuda        # GPU: SD 1.5's shapes
@@ -21,39 +20,77 @@ The VAE is a small stand-in: an ESD request never runs it (evaluation does).
 Each setting runs in its own process, so peak memory is that setting's alone: CUDA
 ``max_memory_allocated`` on a GPU; on the CPU the process's peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, which includes Python, torch and the model
-folder's load). "Trained state" is exact, from the tensors: the trained parameters, their
-gradients and the optimizer's state (what LoRA shrinks; the frozen UNet, its reference copy and
-the activations are the same either way). Step time is the median over the optimizer steps after the first two (warm-up);
+folder's load). Step time is the median over the optimizer steps after the first two (warm-up);
 the request time is bank build + all steps, and the last column projects a 1000-step request
 (the reference's ESD length) from them.
+
+FLOPs and MFU: the fp32 process counts one training step's FLOPs (forward and backward of the
+trained UNet on a bank sample, ``torch.utils.flop_counter.FlopCounterMode``: matmuls,
+convolutions and attention; the bank's sampling is outside the step). Achieved TFLOP/s =
+step FLOPs / step time; MFU = achieved / the device's dense bf16 peak (``--peak-tflops``; known
+for H100/H200/A100 by name; unknown on a CPU unless given), the same yardstick for every row.
+Compiled settings (``--model.compile``) leave out their first steps (compilation) with the warm-up.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import machine_line, median, quiet_lightning, table  # also puts the repository on sys.path
+from _common import (  # also puts the repository on sys.path
+    machine_line, measure_in_own_process, median, quiet_lightning, table,
+)
 
 SETTINGS: dict[str, dict] = {
     "fp32": dict(precision="32-true", reference_dtype="float32", optimizer="adamw", checkpointing=False),
     "bf16": dict(precision="bf16-mixed", reference_dtype="bfloat16", optimizer="adamw", checkpointing=False),
     "bf16 + AdamW8bit + ckpt": dict(precision="bf16-mixed", reference_dtype="bfloat16", optimizer="adamw8bit",
                                     checkpointing=True),
+    "bf16 + compile": dict(precision="bf16-mixed", reference_dtype="bfloat16", optimizer="adamw", checkpointing=False,
+                           compile="default"),
+    "bf16 + compile + channels-last + fused": dict(precision="bf16-mixed", reference_dtype="bfloat16",
+                                                   optimizer="adamw-fused", checkpointing=False, compile="default",
+                                                   channels_last=True),
+    "bf16 + CUDA graphs + channels-last + fused": dict(precision="bf16-mixed", reference_dtype="bfloat16",
+                                                       optimizer="adamw-fused", checkpointing=False,
+                                                       compile="reduce-overhead", channels_last=True),
 }
+DEFAULT_SETTINGS = ["fp32", "bf16", "bf16 + AdamW8bit + ckpt", "bf16 + compile"]
+WARMUP_STEPS = 2
+"""Steps left out of the median (allocator warm-up; compilation for the compiled settings)."""
+
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0, "RTX 3090": 71.0}
+"""Dense bf16 tensor-core peaks (vendor data sheets, SXM parts), matched in the CUDA device name."""
+
+
+def peak_tflops(device_name: str, given: float | None) -> float | None:
+    """The MFU yardstick: ``given``, else the known dense bf16 peak of ``device_name``, else ``None``."""
+    if given:
+        return given
+    return next((peak for name, peak in PEAK_BF16_TFLOPS.items() if name in device_name), None)
+
+
+def count_flops(fn) -> int:
+    """FLOPs ``fn()`` runs, counted by ``torch.utils.flop_counter.FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
 
 SIZES = {
     "full": dict(unet=dict(block_out_channels=(320, 640, 1280, 1280), sample_size=64, cross_attention_dim=768,
                            attention_head_dim=8, layers_per_block=2),
-                 text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)),
+                 text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+                 vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)),
     "reduced": dict(unet=dict(block_out_channels=(32, 64, 128, 128), sample_size=16, cross_attention_dim=64,
                               attention_head_dim=8, layers_per_block=2),
-                    text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)),
+                    text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+                    vae=dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2, norm_num_groups=32)),
 }
 PROJECTED_STEPS = 1000
 
@@ -69,8 +106,9 @@ def write_char_tokenizer(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
-def build_pipeline_folder(size: str, out: Path) -> None:
-    """An SD-1.5-shaped pipeline with random weights, saved by diffusers itself."""
+def build_pipeline_folder(size: str, out: Path, sized_vae: bool = False) -> None:
+    """An SD-1.5-shaped pipeline with random weights, saved by diffusers itself; the VAE is a
+    small stand-in unless ``sized_vae`` (SD 1.5's VAE config at full size, a quarter as wide reduced)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -83,8 +121,9 @@ def build_pipeline_folder(size: str, out: Path) -> None:
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         **shape["unet"],
     )
-    vae = AutoencoderKL(block_out_channels=(8, 16, 16, 16), latent_channels=4, norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    vae_shape = shape["vae"] if sized_vae else dict(block_out_channels=(8, 16, 16, 16), norm_num_groups=8)
+    vae = AutoencoderKL(latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, **vae_shape)
     write_char_tokenizer(out / "_tokenizer")  # a CLIP BPE tokenizer over characters: no download
     tokenizer = CLIPTokenizer.from_pretrained(out / "_tokenizer", model_max_length=77)
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, bos_token_id=0,
@@ -96,6 +135,30 @@ def build_pipeline_folder(size: str, out: Path) -> None:
                             ).save_pretrained(out / "pipeline")
 
 
+def add_shared_arguments(p, settings: dict, default: list[str]) -> None:
+    """The options both SD benchmarks take: settings, MFU yardstick, threads, pipeline folder."""
+    import argparse
+
+    p.add_argument("--settings", nargs="*", default=default,
+                   help=f"subset of {list(settings)} (default: {default}); the first is the ratios' base")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense bf16 peak for MFU (default: known H100/H200/A100... by name; none on a CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--folder", default=None,
+                   help="keep the random pipeline in FOLDER/SIZE and reuse it (default: a temporary folder)")
+    p.add_argument("--_measure", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_folder", default=None, help=argparse.SUPPRESS)
+
+
+def pipeline_root(folder: str | None, size: str, tmp: str) -> Path:
+    """Where the random pipeline lives: ``folder`` (built there once, reused by later runs of
+    either SD benchmark at the same size), else the temporary ``tmp``."""
+    root = Path(folder) / size if folder else Path(tmp)
+    if not (root / "pipeline" / "model_index.json").is_file():
+        build_pipeline_folder(size, root, sized_vae=True)  # the evaluation benchmark needs the sized VAE
+    return root
+
+
 def measure(setting: str, trainable: str, folder: Path, args) -> dict:
     """Serve one ESD request under ``setting``, training ``trainable``, in this process; returns its figures."""
     import resource
@@ -104,6 +167,7 @@ def measure(setting: str, trainable: str, folder: Path, args) -> dict:
     from lightning.pytorch import Callback, Trainer
 
     from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
+    from lightning_unlearn.lora import LoraSettings
     from lightning_unlearn.methods import ESD
     from lightning_unlearn.protocols import plan_request
     from lightning_unlearn.unlearning_module import UnlearningModule
@@ -111,7 +175,10 @@ def measure(setting: str, trainable: str, folder: Path, args) -> dict:
     quiet_lightning()
     cfg = SETTINGS[setting]
     cuda = args.device.startswith("cuda")
-    if cfg["optimizer"] == "adamw8bit":
+    if cfg["optimizer"] == "adamw-fused":
+        def optimizer(params):
+            return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, fused=True)
+    elif cfg["optimizer"] == "adamw8bit":
         import bitsandbytes
 
         # min_8bit_size=4096 is bitsandbytes' default: SD's cross-attention weights are all above it.
@@ -121,14 +188,13 @@ def measure(setting: str, trainable: str, folder: Path, args) -> dict:
         def optimizer(params):
             return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
 
-    from lightning_unlearn.lora import LoraSettings
-
     module = UnlearningModule(
         method=ESD(ddim_steps=args.ddim_steps, bank_trajectories=args.bank_trajectories,
                    bank_batch=args.bank_trajectories),
         pretrained=str(folder), trainable=trainable, optimizer=optimizer,
         lora=LoraSettings(rank=args.lora_rank, alpha=float(args.lora_rank)) if trainable == "lora" else None,
         reference_dtype=cfg["reference_dtype"], gradient_checkpointing=cfg["checkpointing"],
+        compile=cfg.get("compile", "off"), channels_last=cfg.get("channels_last", False),
     )
     data = ConceptStreamDataModule(requests=["Van Gogh"], styles=["Van Gogh", "Monet"], objects=["Cats"],
                                    batch_size=1, steps_per_request=args.steps)
@@ -164,18 +230,27 @@ def measure(setting: str, trainable: str, folder: Path, args) -> dict:
     bank_seconds = time.perf_counter() - started
     trainer.fit(module, datamodule=data)
     request_seconds = time.perf_counter() - started
-    step = median(timer.seconds[2:] if len(timer.seconds) > 2 else timer.seconds)
+    step = median(timer.seconds[WARMUP_STEPS:] if len(timer.seconds) > WARMUP_STEPS else timer.seconds)
     peak = (torch.cuda.max_memory_allocated() if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    flops = None
+    if setting == "fp32":  # eager, full precision: the step's FLOPs (the same in every setting)
+        batch = {"seed": torch.tensor([12345]), "caption": [data.erase_captions(request)[0]]}
+
+        def one_step() -> None:
+            module.method.loss(module.method_context, batch).backward()
+
+        module.to(trainer.strategy.root_device).train()
+        flops = count_flops(one_step)
+        module.unet.zero_grad(set_to_none=True)
     state = [v for s in trainer.optimizers[0].state.values() for v in s.values() if torch.is_tensor(v)]
     state_dtypes = sorted({str(v.dtype) for v in state if v.ndim > 0})
+    # The trained state, exact from the tensors: parameters, their gradients and the optimizer's state.
     trained = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
-    trained_bytes = sum(t.numel() * t.element_size() for t in [*trained, *state])
-    trained_bytes += sum(p.numel() * p.element_size() for p in trained)  # their gradients
-    return {"setting": setting if len(args.trainable) == 1 else f"{setting}, {trainable}"
-            + (f" r{args.lora_rank}" if trainable == "lora" else ""),
-            "trainable": trainable, "trained_mib": trained_bytes / 2**20, "step_s": step, "bank_s": bank_seconds, "request_s": request_seconds,
-            "steps": len(timer.seconds), "peak_gib": peak / 2**30, "optimizer_state": state_dtypes,
+    trained_bytes = 2 * sum(p.numel() * p.element_size() for p in trained) + sum(v.numel() * v.element_size() for v in state)
+    label = setting if len(args.trainable) == 1 else f"{setting}, {trainable}" + (f" r{args.lora_rank}" if trainable == "lora" else "")
+    return {"setting": label, "trainable": trainable, "trained_mib": trained_bytes / 2**20, "step_s": step, "bank_s": bank_seconds, "request_s": request_seconds,
+            "steps": len(timer.seconds), "peak_gib": peak / 2**30, "optimizer_state": state_dtypes, "step_flops": flops,
             "unet_params": sum(p.numel() for p in module.unet.parameters()),
             "trainable_params": sum(p.numel() for p in module.unet.parameters() if p.requires_grad)}
 
@@ -196,13 +271,10 @@ def main() -> None:
                    help="what the request trains, one run per value: esd-x (cross-attention, 3 %% of SD), esd-u "
                         "(the rest, 97 %%), kv-xattn (cross-attention K/V), lora (a LoRA adapter on the K/V)")
     p.add_argument("--lora-rank", type=int, default=4, help="rank of the LoRA adapter (alpha = rank)")
-    p.add_argument("--settings", nargs="*", default=list(SETTINGS), help=f"subset of {list(SETTINGS)}")
+    p.add_argument("--_trainable", default=None, help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true",
                    help="smoke run: reduced size, 3 steps, 1 short trajectory; numbers mean nothing")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--_measure", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--_folder", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--_trainable", default=None, help=argparse.SUPPRESS)
+    add_shared_arguments(p, SETTINGS, DEFAULT_SETTINGS)
     args = p.parse_args()
     gpu = args.device.startswith("cuda")
     if args.quick:
@@ -221,42 +293,43 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory(prefix="sd_scale_") as tmp:
-        build_pipeline_folder(args.size, Path(tmp))
+        root = pipeline_root(args.folder, args.size, tmp)
         results = []
-        for setting, trainable in ((s, t) for s in args.settings for t in args.trainable):
-            cmd = [sys.executable, __file__, "--_measure", setting, "--_trainable", trainable,
-                   "--_folder", str(Path(tmp) / "pipeline"),
-                   "--size", args.size, "--device", args.device, "--steps", str(args.steps),
-                   "--bank-trajectories", str(args.bank_trajectories), "--ddim-steps", str(args.ddim_steps),
-                   "--trainable", *args.trainable, "--lora-rank", str(args.lora_rank)]
-            cmd += ["--threads", str(args.threads)] if args.threads else []
-            done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if done.returncode != 0 or not lines:
-                raise SystemExit(f"{setting} failed:\n{done.stderr[-3000:]}")
-            results.append(json.loads(lines[-1][len("RESULT "):]))
+        child = ["--_folder", str(root / "pipeline"), "--size", args.size, "--device", args.device,
+                 "--steps", str(args.steps), "--bank-trajectories", str(args.bank_trajectories),
+                 "--ddim-steps", str(args.ddim_steps), "--trainable", *args.trainable, "--lora-rank", str(args.lora_rank)]
+        child += ["--threads", str(args.threads)] if args.threads else []
+        for setting in args.settings:
+            for trainable in args.trainable:
+                results.append(measure_in_own_process(__file__, setting, [*child, "--_trainable", trainable]))
 
     import torch
 
     base = results[0]
     where = (torch.cuda.get_device_name(args.device) if gpu else f"CPU ({os.cpu_count()} cores)")
+    flops = next((r["step_flops"] for r in results if r["step_flops"]), None)
+    peak = peak_tflops(where, args.peak_tflops)
     memory = "CUDA max_memory_allocated" if gpu else "peak RSS of the process"
-    trains = "; ".join(f"{r['trainable']} trains {r['trainable_params'] / 1e6:.3f} M"
-                       for r in {r["trainable"]: r for r in results}.values())
     print(f"{machine_line()}\ndevice: {where}; size {args.size}: UNet {base['unet_params'] / 1e6:.1f} M parameters, "
-          f"{trains}; batch 1, {args.steps} steps, bank {args.bank_trajectories} trajectories x {args.ddim_steps} "
-          f"DDIM steps; memory = {memory}\n")
+          + "; ".join(f"{r['trainable']} trains {r['trainable_params'] / 1e6:.3f} M" for r in {r["trainable"]: r for r in results}.values())
+          + f"; batch 1, {args.steps} steps, bank "
+          f"{args.bank_trajectories} trajectories x {args.ddim_steps} DDIM steps; memory = {memory}\n")
     headers = ["setting", "step (s)", "bank (s)", f"request: bank + {args.steps} steps (s)",
-               f"projected {PROJECTED_STEPS}-step request (s)", "peak memory (GiB)", "trained state (MiB)",
-               "step / first", "request / first", "memory / first", "trained state / first", "optimizer state"]
+               f"projected {PROJECTED_STEPS}-step request (s)", "peak memory (GiB)", "step / fp32", "request / fp32",
+               "memory / fp32", "optimizer state", "step TFLOP/s", "MFU %",
+               "trained state (MiB)", "trained state / first"]
     rows = []
     for r in results:
         projected = r["bank_s"] + PROJECTED_STEPS * r["step_s"]
-        rows.append([r["setting"], r["step_s"], r["bank_s"], r["request_s"], projected, r["peak_gib"], r["trained_mib"],
+        achieved = flops / r["step_s"] / 1e12 if flops else float("nan")
+        rows.append([r["setting"], r["step_s"], r["bank_s"], r["request_s"], projected, r["peak_gib"],
                      r["step_s"] / base["step_s"], r["request_s"] / base["request_s"], r["peak_gib"] / base["peak_gib"],
-                     r["trained_mib"] / base["trained_mib"],
-                     "+".join(d.replace("torch.", "") for d in r["optimizer_state"])])
+                     "+".join(d.replace("torch.", "") for d in r["optimizer_state"]), achieved,
+                     100 * achieved / peak if peak else float("nan"), r["trained_mib"], r["trained_mib"] / base["trained_mib"]])
     print(table(headers, rows))
+    if flops:
+        print(f"\none training step: {flops / 1e12:.3f} TFLOP counted (forward + backward of the trained UNet, "
+              f"FlopCounterMode); MFU against {f'{peak:.0f} TFLOP/s (dense bf16)' if peak else 'no known peak'}")
 
 
 if __name__ == "__main__":

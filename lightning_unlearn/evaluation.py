@@ -13,9 +13,10 @@ CLIP zero-shot classifier from a local folder for real models.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -145,7 +146,8 @@ class UnlearningScores(Metric):
     ``style_predicted`` [styles, objects, styles] and ``object_predicted`` [styles, objects,
     objects]: per cell, how many images each head assigned to each class (the predicted-class
     histogram the collapse indicator reads). Every state is a count that adds up across
-    processes (``dist_reduce_fx="sum"``), so DDP evaluation is exact.
+    processes (:meth:`Evaluator.evaluate` sums every state over the processes of a DDP job once per
+    evaluation), so a shared evaluation is exact.
     """
 
     full_state_update = False
@@ -303,6 +305,58 @@ def collapse_indicator(counts: dict[str, torch.Tensor], retained: torch.Tensor,
     return {key: out[key] for key in COLLAPSE_COLUMNS}  # the results table's columns, in its order
 
 
+def _local_sum(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def _local_broadcast(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class EvaluationShard:
+    """Which part of the evaluation this process samples, and how the parts are summed.
+
+    The evaluation's items are cut into batches of ``batch_size`` in one fixed order, whatever
+    the number of processes; process ``rank`` samples batches ``rank, rank + world_size, ...``.
+    Every item keeps its own noise and its batch, so each image is the one a single process
+    samples, and the summed counts are the single process's exactly.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    sum: Callable[[torch.Tensor], torch.Tensor] = field(default=_local_sum, compare=False)
+    """Sums a tensor over the processes (every process gets the sum; the identity for one process)."""
+    broadcast: Callable[[Any], Any] = field(default=_local_broadcast, compare=False)
+    """Rank 0's value of a (picklable, small) object, in every process."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside a world of {self.world_size} processes")
+
+    def take(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        """This process's batches of ``batches`` (round-robin)."""
+        return batches[self.rank :: self.world_size]
+
+
+ONE_PROCESS = EvaluationShard()
+"""The whole evaluation in this process."""
+
+
+def add_counts(total: dict[str, torch.Tensor] | None, more: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Key-wise sum of two counts dicts (whatever keys :class:`UnlearningScores` has)."""
+    if total is None:
+        return {k: v.clone() for k, v in more.items()}
+    if set(total) != set(more):
+        raise ValueError(f"counts with different keys: {sorted(total)} vs {sorted(more)}")
+    return {k: total[k] + more[k] for k in total}
+
+
+def images_to_bytes(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float images -> uint8 (the grid picture's pixels)."""
+    return ((images + 1) * 127.5).round().clamp(0, 255).byte()
+
+
 class Evaluator:
     """Samples the fixed evaluation grid with a UNet and scores it."""
 
@@ -320,6 +374,7 @@ class Evaluator:
         ]
         gen = torch.Generator().manual_seed(settings.seed)
         self.noise = torch.randn((len(self.captions), *backbone.latent_shape), generator=gen)
+        self._image_shape: tuple[int, int, int] | None = None
 
     def items_naming(self, requests: list[Request], seeds: int | None = None) -> torch.Tensor:
         """Indices of the evaluation items whose prompt names one of ``requests`` (first ``seeds`` seeds)."""
@@ -342,30 +397,76 @@ class Evaluator:
         m = max(1, min(SEMANTIC_SUBSET_STRIDE, ns, no))
         return torch.tensor([s * no + o for s in range(ns) for o in range(no) if (s + o) % m == 0], dtype=torch.long)
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the backbone decodes (one decode of a zero latent, once)."""
+        if self._image_shape is None:
+            with torch.no_grad():
+                zero = torch.zeros((1, *self.backbone.latent_shape), device=self.backbone.device)
+                self._image_shape = tuple(self.backbone.latents_to_images(zero).shape[1:])
+        return self._image_shape
+
+    def batches(self, items: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The evaluation's items (or ``items``) in batches of ``batch_size``: one fixed cut,
+        whatever the number of processes sharing them."""
+        order = torch.arange(len(self.captions)) if items is None else items
+        return list(order.split(self.settings.batch_size))
+
     @torch.no_grad()
     def sample(self, unet: nn.Module, items: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [-1, 1] for the evaluation set, or only its ``items`` (CPU tensor)."""
-        device = self.backbone.device
         uncond = TextCondition.from_captions(self.backbone, [""])
         was_training = unet.training
         unet.eval()
-        order = torch.arange(len(self.captions)) if items is None else items
-        out = []
-        for start in range(0, len(order), self.settings.batch_size):
-            chunk = order[start : start + self.settings.batch_size]
-            cond = TextCondition.from_captions(self.backbone, [self.captions[i] for i in chunk.tolist()])
-            latents = guided_sample(
-                self.backbone, unet, self.noise[chunk].to(device), cond, uncond,
-                self.settings.steps, self.settings.guidance, self.settings.sampler,
-            )
-            out.append(self.backbone.latents_to_images(latents).clamp(-1, 1).float().cpu())
+        out = [self._sample_batch(unet, batch, uncond) for batch in self.batches(items)]
         unet.train(was_training)
         return torch.cat(out)
+
+    def _sample_batch(self, unet: nn.Module, batch: torch.Tensor, uncond: TextCondition) -> torch.Tensor:
+        cond = TextCondition.from_captions(self.backbone, [self.captions[i] for i in batch.tolist()])
+        latents = guided_sample(
+            self.backbone, unet, self.noise[batch].to(self.backbone.device), cond, uncond,
+            self.settings.steps, self.settings.guidance, self.settings.sampler,
+        )
+        return self.backbone.latents_to_images(latents).clamp(-1, 1).float().cpu()
+
+    @torch.no_grad()
+    def evaluate(self, unet: nn.Module, items: torch.Tensor | None = None, shard: EvaluationShard = ONE_PROCESS,
+                 grid: bool = True) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
+        """Sample and score this process's share of the evaluation set (or of ``items``); returns
+        the counts summed over every process and, with ``grid``, the grid picture (:meth:`grid`).
+
+        Every process must call it (the sums are collective). Each batch is sampled and
+        classified on its own, so a batch's images and counts are the same in any process;
+        every tensor of the counts dict is summed, whatever its keys. The grid's tiles (the
+        first seed's images) are gathered as uint8 by the same sum: each tile comes from one
+        process, the others add zeros.
+        """
+        uncond = TextCondition.from_captions(self.backbone, [""])
+        was_training = unet.training
+        unet.eval()
+        ns, no = len(self.vocabulary.styles), len(self.vocabulary.objects)
+        tiles = torch.zeros((ns * no, *self.image_shape()), dtype=torch.uint8) if grid else None
+        counts: dict[str, torch.Tensor] | None = None
+        try:
+            for batch in shard.take(self.batches(items)):
+                images = self._sample_batch(unet, batch, uncond)
+                counts = add_counts(counts, self.counts(images, batch))
+                if tiles is not None:
+                    shown = batch < ns * no
+                    tiles[batch[shown]] = images_to_bytes(images[shown])
+        finally:
+            unet.train(was_training)
+        if counts is None:  # more processes than batches: this one adds zeros
+            counts = self.counts(torch.zeros((0, *self.image_shape())), torch.zeros(0, dtype=torch.long))
+        counts = {k: shard.sum(v) for k, v in counts.items()}
+        return counts, None if tiles is None else self.tile_grid(shard.sum(tiles))
 
     @torch.no_grad()
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted style and object index of every image."""
         device = next(self.classifier.parameters()).device
+        if len(images) == 0:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         preds_s, preds_o = [], []
         for start in range(0, len(images), 256):
             s_logits, o_logits = self.classifier(images[start : start + 256].to(device))
@@ -375,8 +476,7 @@ class Evaluator:
 
     def counts(self, images: torch.Tensor, items: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Hit counts of the classifiers on ``images`` (in eval-set order, or of ``items``)."""
-        # The stream evaluates on rank 0 alone: syncing on compute would wait for the other
-        # ranks' all_gather forever (they wait at the stream's barrier).
+        # Summed over processes by the caller (:meth:`evaluate`), once per evaluation, not per batch.
         metric = UnlearningScores(len(self.vocabulary.styles), len(self.vocabulary.objects), sync_on_compute=False)
         style_pred, object_pred = self.classify(images)
         order = torch.arange(len(self.captions)) if items is None else items
@@ -386,7 +486,12 @@ class Evaluator:
     def grid(self, images: torch.Tensor, scale: int = 2) -> np.ndarray:
         """uint8 [H, W, 3] picture of the first seed: rows are styles, columns objects."""
         ns, no = len(self.vocabulary.styles), len(self.vocabulary.objects)
-        first = ((images[: ns * no] + 1) * 127.5).round().clamp(0, 255).byte()
+        return self.tile_grid(images_to_bytes(images[: ns * no]), scale)
+
+    def tile_grid(self, first: torch.Tensor, scale: int = 2) -> np.ndarray:
+        """The grid picture from the first seed's images as uint8 [styles * objects, C, H, W]."""
+        ns, no = len(self.vocabulary.styles), len(self.vocabulary.objects)
+        first = first.cpu()
         c, h, w = first.shape[1:]
         tiles = first.view(ns, no, c, h, w).permute(0, 3, 1, 4, 2).reshape(ns * h, no * w, c).numpy()
         return np.kron(tiles, np.ones((scale, scale, 1), dtype=np.uint8)) if scale > 1 else tiles

@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_unlearn.atomic_io import load_weights, save_weights, write_json, write_png
-from lightning_unlearn.evaluation import COUNT_KEYS, EvaluationSettings, Evaluator
+from lightning_unlearn.evaluation import COUNT_KEYS, ONE_PROCESS, EvaluationSettings, EvaluationShard, Evaluator
 from lightning_unlearn.fingerprint import base_fingerprint, state_fingerprint
 
 if TYPE_CHECKING:
@@ -92,7 +92,8 @@ class EvaluationOutcome:
     """Hit counts and grid picture of one evaluation, and whether they came from the cache."""
 
     counts: dict[str, torch.Tensor]
-    grid: np.ndarray
+    grid: np.ndarray | None
+    """The grid picture; ``None`` on processes other than rank 0 when the result was reused."""
     reused: bool = False
     sampled_seconds: float = 0.0
     """Seconds the sampling + scoring took when it ran (for a reused result: back then)."""
@@ -138,6 +139,7 @@ def evaluate_counts(
     cache: EvaluationCache | None = None,
     key: str | None = None,
     recipe: dict[str, Any] | None = None,
+    shard: EvaluationShard = ONE_PROCESS,
 ) -> EvaluationOutcome:
     """Sample the evaluation set with ``unet`` and count the classifiers' hits, or reuse a cached result.
 
@@ -151,17 +153,21 @@ def evaluate_counts(
         forward_context: wraps sampling (the trainer's precision context, e.g. bf16 autocast).
         cache: where results are kept; ``key``: which result (see :func:`recipe_key`).
         recipe: stored with a new entry; defaults to ``{}``.
+        shard: this process's share of the sampling (every process of a DDP job calls this
+            together); rank 0 alone reads and writes the cache and decides whether it holds the
+            result. Every process gets the counts; a reused grid is rank 0's alone (``None`` elsewhere).
     """
     if cache is not None and key is not None:
-        cached = cache.load(key)
-        if cached is not None:
-            return cached
+        cached = cache.load(key) if shard.rank == 0 else None
+        counts = shard.broadcast(None if cached is None else {k: v.cpu() for k, v in cached.counts.items()})
+        if counts is not None:
+            return cached if cached is not None else EvaluationOutcome(counts, None, reused=True)
     started = time.perf_counter()
     with forward_context():
-        images = evaluator.sample(unet)
-    outcome = EvaluationOutcome(evaluator.counts(images), evaluator.grid(images))
+        counts, grid = evaluator.evaluate(unet, shard=shard)
+    outcome = EvaluationOutcome(counts, grid)
     outcome.sampled_seconds = time.perf_counter() - started
-    if cache is not None and key is not None:
+    if cache is not None and key is not None and shard.rank == 0:
         cache.store(key, recipe or {}, outcome)
     return outcome
 
@@ -181,16 +187,18 @@ def evaluate_base(
     run_dir: str | Path,
     precision: str,
     forward_context: Callable[[], AbstractContextManager] = nullcontext,
+    shard: EvaluationShard = ONE_PROCESS,
 ) -> EvaluationOutcome:
     """The base model's evaluation for a run in ``run_dir``: read back from the cache of
     ``evaluator.settings`` when an earlier run on the same base stored it, else sampled (and
-    stored, unless ``reuse_base`` is off). Call it before the first request has trained."""
+    stored, unless ``reuse_base`` is off). Call it before the first request has trained; in a
+    DDP job, in every process (``shard``)."""
     cache = base_evaluation_cache(evaluator.settings, run_dir)
     if cache is None:
-        return evaluate_counts(evaluator, module.unet, forward_context)
+        return evaluate_counts(evaluator, module.unet, forward_context, shard=shard)
     recipe = base_evaluation_recipe(module, evaluator, precision, module.device)
     key = recipe_key(recipe)
-    outcome = evaluate_counts(evaluator, module.unet, forward_context, cache, key, recipe)
+    outcome = evaluate_counts(evaluator, module.unet, forward_context, cache, key, recipe, shard=shard)
     if outcome.reused:
         rank_zero_info(f"base evaluation reused from {cache.entry(key)} (sampled once in {outcome.sampled_seconds:.1f} s)")
     return outcome

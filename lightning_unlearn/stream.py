@@ -147,7 +147,8 @@ class StreamRunner:
         self.run_dir = self.folder.path
         self.domains = {r.kind for r in data.requests}
         self.evaluation: StreamEvaluation | None = None
-        """Rank 0's evaluation (built once the stream starts serving; ``None`` on other ranks)."""
+        """The evaluation (built once the stream starts serving; in every process of a DDP job,
+        each sampling its share; rank 0 writes)."""
         self.attacks: AttackRunner | None = None
         """Rank 0's attacks (``--stream.attacks``; ``None`` when off or on other ranks)."""
         self.ledger: dict[str, Any] = {}
@@ -227,14 +228,13 @@ class StreamRunner:
             total, every = len(self.data.requests), max(1, self.settings.evaluate_every)
             self.progress.start_stream(total, completed, self._step_cap(), [(i + 1) % every == 0 or i + 1 == total for i in range(total)],
                                        device=str(self.trainer.strategy.root_device))
-        if self.trainer.is_global_zero:
-            evaluator = build_evaluator(self.module, self.data.vocabulary, self.settings.evaluation)
-            self.evaluation = StreamEvaluation(self.trainer, self.module, evaluator, self.data.vocabulary,
-                                               self.domains, self.folder)
-            if self.settings.attacks.enabled:
-                self.attacks = AttackRunner(self.settings.attacks, evaluator, self.module.frozen_base_copy)
-            if "base" not in self.ledger:
-                self._evaluate_base()
+        evaluator = build_evaluator(self.module, self.data.vocabulary, self.settings.evaluation)
+        self.evaluation = StreamEvaluation(self.trainer, self.module, evaluator, self.data.vocabulary,
+                                           self.domains, self.folder)
+        if self.settings.attacks.enabled and self.trainer.is_global_zero:
+            self.attacks = AttackRunner(self.settings.attacks, evaluator, self.module.frozen_base_copy)
+        if "base" not in self.ledger:  # every process read the same ledger
+            self._evaluate_base()
         for index in range(completed, len(self.data.requests)):
             # Only the first unfinished request can have been interrupted mid-way.
             self._serve(index, resumable=index == completed)
@@ -284,9 +284,15 @@ class StreamRunner:
             rank_zero_info(f"resuming {self.run_dir} at request {completed + 1} ({self.settings.protocol}: it starts from the base)")
 
     def _evaluate_base(self) -> None:
-        """Evaluate the base model (row 0 of the results) and record its metrics in the ledger."""
+        """Evaluate the base model (row 0 of the results) and record its metrics in the ledger.
+        Rank 0's alone: it comes before the first ``fit``, which starts (or joins) the other
+        processes of a DDP job; every later evaluation is shared."""
+        if not self.evaluation.takes_part():
+            return
         base_dir = self.folder.request_dir(0, None)
         metrics, seconds = self.evaluation.evaluate([], base_dir, step=0, base=True)
+        if not self.trainer.is_global_zero:
+            return
         self.rows = [result_row(0, None, metrics, 0, 0, 0.0, seconds)]
         self.ledger["base"] = {}
         self.folder.record_file(self.ledger["base"], "metrics", base_dir / METRICS_FILE)
@@ -315,19 +321,18 @@ class StreamRunner:
             self.progress.start_step = start_step  # a resumed request counts its steps from its first start
         stopper = None
         if protocol == "simultaneous" and cap:  # a training-free edit has no steps to stop
-            stopper = UATargetStop(self.evaluation.evaluator if self.evaluation is not None else None,
-                                   list(plan.erasing), settings.simultaneous, self.data.vocabulary, self.domains,
-                                   first_step=start_step)
+            stopper = UATargetStop(self.evaluation.evaluator, list(plan.erasing), settings.simultaneous,
+                                   self.data.vocabulary, self.domains, first_step=start_step)
         # Always there: it also checkpoints the step at which a pre-emption stops the request.
         saver = RequestCheckpoints(self.run_dir, settings.checkpoint_every_n_steps or None, index, identity,
                                    start_step, self.checkpoint_io, preemption=self.preemption)
 
         def commit(served: ServedRequest) -> None:
-            if self.evaluation is None:  # ranks other than 0 write nothing
-                return
             if stopper is not None:
                 served.records["simultaneous"] = stopper.record()
-            self._commit(served)
+            self._commit(served)  # in every process: they share the evaluation
+            if not self.trainer.is_global_zero:  # ranks other than 0 write nothing
+                return
             # Committed: its mid-request checkpoints and any earlier failure record are history.
             clear_checkpoints(self.run_dir, index)
             self.folder.clear_failure(index, request)
@@ -415,19 +420,23 @@ class StreamRunner:
         ) from error
 
     def _commit(self, served: ServedRequest) -> None:
-        """Save, evaluate and record a served request (rank 0); the ledger entry is written last."""
+        """Save, evaluate and record a served request; the ledger entry is written last. Every
+        process evaluates its share; rank 0 alone writes."""
         plan = served.plan
         index, request = plan.index, plan.request
         out = self.folder.request_dir(index, request)
         entry = self._save_weights(plan, out)
-        self.folder.save_carried_states(entry, out, {
-            cb.state_key: state for cb in request_callbacks(self.trainer) if (state := cb.carried_state())})
+        if entry is not None:
+            self.folder.save_carried_states(entry, out, {
+                cb.state_key: state for cb in request_callbacks(self.trainer) if (state := cb.carried_state())})
         records = served.records
         last = index + 1 == len(self.data.requests)
         if not last and (index + 1) % max(1, self.settings.evaluate_every):
             metrics, eval_seconds = dict.fromkeys(METRIC_COLUMNS, float("nan")), 0.0
         else:
             metrics, eval_seconds = self.evaluation.evaluate(list(plan.scored_erased), out, step=index + 1)
+        if entry is None:  # not rank 0
+            return
         if self.settings.semantic_analysis:
             records["semantic"] = self._semantic_analysis(plan, metrics)
         for stem, record in records.items():
@@ -520,30 +529,37 @@ class StreamRunner:
         self.folder.record_file(entry, "attacks", out / ATTACKS_FILE)
         return attack_summary(record, plan.request)
 
-    def _save_weights(self, plan: RequestPlan, out: Any) -> dict[str, Any]:
-        """Write the request's weights (and, merging, the merge of requests 1..k, which the
-        module then holds for the evaluation) and its manifest; returns its ledger entry."""
-        trained = {k: v.detach().cpu() for k, v in self.module.trainable_state().items()}
-        sha = save_weights(trained, out / WEIGHTS_FILE)
-        entry = self.folder.ledger_entry(plan.index, plan.request, sha)
-        manifest = {"request": vars(plan.request), "index": plan.index + 1, "protocol": self.settings.protocol,
-                    "erasing": [r.concept for r in plan.erasing], "trainable": self.module.trainable,
-                    "keys": len(self.module.weight_keys), "sha256": sha}
-        if self.module.lora is not None and self.module.last_adapter is not None:
-            # The request's own adapter beside its fused weights (docs/lora.md).
-            adapter_sha = save_adapter(self.module.last_adapter, self.module.lora, out / ADAPTER_FILE,
-                                       out / ADAPTER_CONFIG_FILE)
-            manifest["adapter_sha256"] = self.folder.record_file(entry, "adapter", out / ADAPTER_FILE, adapter_sha)
-            manifest["lora"] = self.module.lora.describe()
+    def _save_weights(self, plan: RequestPlan, out: Any) -> dict[str, Any] | None:
+        """Write the request's weights (and its adapter with LoRA; merging, the merge of requests
+        1..k, which the module then holds for the evaluation, in every process) and its manifest;
+        returns its ledger entry (``None`` on ranks other than 0, which write nothing)."""
+        merged = None
+        entry = None
+        if self.trainer.is_global_zero:
+            trained = {k: v.detach().cpu() for k, v in self.module.trainable_state().items()}
+            sha = save_weights(trained, out / WEIGHTS_FILE)
+            entry = self.folder.ledger_entry(plan.index, plan.request, sha)
+            manifest = {"request": vars(plan.request), "index": plan.index + 1, "protocol": self.settings.protocol,
+                        "erasing": [r.concept for r in plan.erasing], "trainable": self.module.trainable,
+                        "keys": len(self.module.weight_keys), "sha256": sha}
+            if self.module.lora is not None and self.module.last_adapter is not None:
+                # The request's own adapter beside its fused weights (docs/lora.md).
+                adapter_sha = save_adapter(self.module.last_adapter, self.module.lora, out / ADAPTER_FILE,
+                                           out / ADAPTER_CONFIG_FILE)
+                manifest["adapter_sha256"] = self.folder.record_file(entry, "adapter", out / ADAPTER_FILE, adapter_sha)
+                manifest["lora"] = self.module.lora.describe()
+            if self.settings.merge is not None:
+                # The deployed model after request k: the merge of the task vectors of requests 1..k.
+                earlier = [self.folder.verified_weights(e) for e in self.ledger["completed"]]
+                merged = self.settings.merge.merge(self.module.base_state(), [*earlier, trained])
+                merged_sha = save_weights(merged, out / MERGED_FILE)
+                manifest["merged_sha256"] = self.folder.record_file(entry, "merged", out / MERGED_FILE, merged_sha)
+                manifest["merge"] = asdict(self.settings.merge)
+            write_json(manifest, out / MANIFEST_FILE)
         if self.settings.merge is not None:
-            # The deployed model after request k: the merge of the task vectors of requests 1..k.
-            earlier = [self.folder.verified_weights(e) for e in self.ledger["completed"]]
-            merged = self.settings.merge.merge(self.module.base_state(), [*earlier, trained])
-            merged_sha = save_weights(merged, out / MERGED_FILE)
-            manifest["merged_sha256"] = self.folder.record_file(entry, "merged", out / MERGED_FILE, merged_sha)
-            manifest["merge"] = asdict(self.settings.merge)
+            # Every process evaluates the merge: rank 0's (it alone holds the ledger's weights).
+            merged = self.trainer.strategy.broadcast(merged, src=0)
             self.module.load_trainable_state(merged, source=out / MERGED_FILE)
-        write_json(manifest, out / MANIFEST_FILE)
         return entry
 
 

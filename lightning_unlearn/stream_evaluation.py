@@ -3,6 +3,8 @@ and the simultaneous protocol's early stop.
 
 After each request (and once for the base model) the stream samples the evaluation prompts,
 classifies the images and writes ``metrics.json`` and ``grid.png`` into the request's folder;
+in a DDP job every process samples and scores its share of the prompts (:func:`evaluation_shard`),
+the counts are summed over the processes, and rank 0 writes;
 the headline numbers and the grid also go to the Trainer's logger (``stream/UA`` ...). The
 logger's writer is closed when the stream ends (:meth:`StreamEvaluation.close`).
 """
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
@@ -22,7 +25,8 @@ from torch import nn
 from lightning_unlearn.atomic_io import write_json, write_png
 from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.evaluation import (
-    ClipZeroShotClassifier, EvaluationSettings, Evaluator, VocabularySubset, check_classifier_knows, score,
+    ClipZeroShotClassifier, EvaluationSettings, EvaluationShard, Evaluator, VocabularySubset, check_classifier_knows,
+    score,
 )
 from lightning_unlearn.evaluation_cache import evaluate_base, evaluate_counts
 from lightning_unlearn.protocols import SimultaneousSettings
@@ -61,8 +65,38 @@ def build_evaluator(module: UnlearningModule, vocabulary: ConceptVocabulary, set
     return Evaluator(module.backbone, classifier.to(module.device), vocabulary, settings)
 
 
+def processes_joined(trainer: Trainer) -> bool:
+    """Whether the trainer's processes can share work now: more than one, and their process
+    group is up. Lightning starts the other processes of a ``ddp`` job (and joins every process of
+    a SLURM job) in the first ``fit``: before it, e.g. at the base evaluation, rank 0 is alone."""
+    return trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def evaluation_shard(trainer: Trainer) -> EvaluationShard:
+    """This process's share of an evaluation under ``trainer``'s strategy: its rank among the
+    trainer's processes, sums through the strategy's all-reduce (on the device it trains on:
+    NCCL reduces CUDA tensors only) and broadcasts from rank 0; the whole evaluation while the
+    processes have not joined (:func:`processes_joined`)."""
+    if not processes_joined(trainer):
+        return EvaluationShard()
+    strategy = trainer.strategy
+
+    def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+        return strategy.reduce(tensor.to(strategy.root_device), reduce_op="sum").cpu()
+
+    return EvaluationShard(trainer.global_rank, trainer.world_size, sum=sum_over_processes,
+                           broadcast=lambda value: strategy.broadcast(value, src=0))
+
+
 class StreamEvaluation:
-    """Evaluates the stream's current model into a request folder and logs the numbers."""
+    """Evaluates the stream's current model into a request folder and logs the numbers.
+
+    Built in every process of a DDP job: each samples its share, rank 0 writes and logs."""
+
+    def takes_part(self) -> bool:
+        """Whether this process evaluates now: rank 0 always; the others once the processes have
+        joined (:func:`processes_joined`; the base evaluation before the first ``fit`` is rank 0's)."""
+        return self.trainer.is_global_zero or processes_joined(self.trainer)
 
     def __init__(self, trainer: Trainer, module: UnlearningModule, evaluator: Evaluator, vocabulary: ConceptVocabulary,
                  domains: set[str], run_folder: RunFolder) -> None:
@@ -72,19 +106,24 @@ class StreamEvaluation:
         """The logger's writer once the evaluation has logged to it (closed by :meth:`close`)."""
 
     def evaluate(self, erased: list[Request], out_dir: Path, step: int, base: bool = False) -> tuple[dict, float]:
-        """Score the module (``erased``: what it should have forgotten), write ``metrics.json`` and
-        ``grid.png`` into ``out_dir``, log them at ``step``; returns (metrics, seconds)."""
+        """Score the module (``erased``: what it should have forgotten); rank 0 writes
+        ``metrics.json`` and ``grid.png`` into ``out_dir`` and logs them at ``step``. Every
+        process of a DDP job calls it together; returns (metrics, seconds) in each."""
         started = time.perf_counter()
         # Sample under the trainer's precision (autocast for bf16-mixed), as training runs. The
         # base model's evaluation is the same for every run on this base: reused from the cache.
         context = self.trainer.precision_plugin.forward_context
-        outcome = (evaluate_base(self.module, self.evaluator, self.run_folder.path, str(self.trainer.precision), context)
-                   if base else evaluate_counts(self.evaluator, self.module.unet, context))
+        shard = evaluation_shard(self.trainer)
+        outcome = (evaluate_base(self.module, self.evaluator, self.run_folder.path, str(self.trainer.precision), context,
+                                 shard=shard)
+                   if base else evaluate_counts(self.evaluator, self.module.unet, context, shard=shard))
         metrics = score(outcome.counts, self.vocabulary, erased, self.domains)
+        metrics["images"] = int(outcome.counts["count"].sum())  # what the numbers rest on
         seconds = time.perf_counter() - started
-        write_png(outcome.grid, out_dir / GRID_FILE)
-        write_json(metrics, out_dir / METRICS_FILE)
-        self.log(metrics, outcome.grid, step)
+        if self.trainer.is_global_zero:
+            write_png(outcome.grid, out_dir / GRID_FILE)
+            write_json(metrics, out_dir / METRICS_FILE)
+            self.log(metrics, outcome.grid, step)
         return metrics, seconds
 
     def subset_scores(self, unet: nn.Module) -> tuple[dict[str, Any], int]:
@@ -124,13 +163,14 @@ class StreamEvaluation:
 
 class UATargetStop(Callback):
     """Simultaneous protocol: every n steps, sample the evaluation prompts of the erased
-    concepts and stop the request once their UA reaches the target (rank 0 decides)."""
+    concepts and stop the request once their UA reaches the target. In a DDP job every process
+    samples its share of those prompts and gets the summed counts (rank 0's decision is broadcast)."""
 
-    def __init__(self, evaluator: Evaluator | None, erasing: list[Request], settings: SimultaneousSettings,
+    def __init__(self, evaluator: Evaluator, erasing: list[Request], settings: SimultaneousSettings,
                  vocabulary: ConceptVocabulary, domains: set[str], first_step: int | None = None) -> None:
         """
         Args:
-            evaluator: the stream's evaluator (``None`` on ranks other than 0: they follow rank 0).
+            evaluator: the stream's evaluator (in every process).
             erasing: the concepts the request erases (UA is over these).
             settings: target, check interval, seeds per check.
             vocabulary: the stream's concepts.
@@ -140,7 +180,7 @@ class UATargetStop(Callback):
         """
         self.evaluator, self.erasing, self.settings = evaluator, erasing, settings
         self.vocabulary, self.domains = vocabulary, domains
-        self.items = evaluator.items_naming(erasing, settings.check_seeds) if evaluator is not None else None
+        self.items = evaluator.items_naming(erasing, settings.check_seeds)
         self.checks: list[dict[str, float]] = []
         self._first_step = first_step
 
@@ -152,14 +192,12 @@ class UATargetStop(Callback):
         done = trainer.global_step - (self._first_step or 0)
         if done == 0 or done % self.settings.check_every_n_steps:
             return
-        stop = False
-        if self.evaluator is not None:
-            with trainer.precision_plugin.forward_context():
-                images = self.evaluator.sample(pl_module.unet, self.items)
-            ua = score(self.evaluator.counts(images, self.items), self.vocabulary, self.erasing, self.domains)["UA"]
-            self.checks.append({"step": done, "UA": ua})
-            rank_zero_info(f"  step {done}: UA over {len(self.erasing)} concepts {ua:.1f} (target {self.settings.ua_target})")
-            stop = ua >= self.settings.ua_target
+        with trainer.precision_plugin.forward_context():
+            counts, _ = self.evaluator.evaluate(pl_module.unet, self.items, evaluation_shard(trainer), grid=False)
+        ua = score(counts, self.vocabulary, self.erasing, self.domains)["UA"]
+        self.checks.append({"step": done, "UA": ua, "images": int(counts["count"].sum())})
+        rank_zero_info(f"  step {done}: UA over {len(self.erasing)} concepts {ua:.1f} (target {self.settings.ua_target})")
+        stop = ua >= self.settings.ua_target
         # Every rank must stop at the same step.
         if trainer.strategy.broadcast(stop, src=0):
             trainer.should_stop = True

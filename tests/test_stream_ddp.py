@@ -118,3 +118,50 @@ def test_ddp_with_one_process_equals_a_plain_run_bit_for_bit(tmp_path):
     assert set(a) == set(b)
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs between DDP with one process and a plain run"
+
+
+EVALUATION_ARGS = [
+    "--config", "configs/tinyworld/esd_styles_sequential.yaml",
+    "--data.requests=[Van Gogh]", "--data.styles=[Van Gogh, Cartoon, Monet]", "--data.objects=[circle, star, house]",
+    "--model.method.init_args.ddim_steps=4", "--model.method.init_args.bank_trajectories=2", "--data.batch_size=2",
+    # 9 prompts in batches of 2: 5 batches, 3 on rank 0 and 2 on rank 1; a UA check's 3 prompts: 2 batches.
+    "--stream.evaluation.steps=2", "--stream.evaluation.batch_size=2",
+    "--stream.protocol=simultaneous", "--stream.simultaneous.max_steps=2", "--stream.simultaneous.check_every_n_steps=1",
+    # lr 0: the weights stay the base's exactly, so any difference comes from the evaluation's split.
+    "--model.optimizer=torch.optim.SGD", "--model.optimizer.lr=0", "--stream.semantic_analysis=false",
+    "--trainer.accelerator=cpu", "--trainer.callbacks+=ddp_probe.RankProbe",
+]
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_their_shares_and_equal_one_process_bit_for_bit(tmp_path):
+    """Every rank samples and scores its share of the evaluation (after the request, and the
+    simultaneous protocol's UA checks); the summed counts give rank 0 the one-process files
+    bit for bit: ``metrics.json``, ``grid.png``, the results' metric columns, the UA checks.
+
+    Training is held still (SGD at lr 0) so both runs evaluate identical weights: with training,
+    DDP's gradient all-reduce changes the weights by float rounding (see the test above)."""
+    ddp = run_stream(tmp_path / "ddp", "--trainer.strategy=ddp", "--trainer.devices=2", args=EVALUATION_ARGS)
+    one = run_stream(tmp_path / "one", args=EVALUATION_ARGS)
+
+    # Both ranks sampled during the UA checks (each check's 3 prompts: a batch of 2 on rank 0, of 1
+    # on rank 1), together exactly what one process sampled.
+    calls = [json.loads((ddp / "probe" / f"rank{r}-request0.json").read_text())["sampling_calls"] for r in (0, 1)]
+    alone = json.loads((one / "probe" / "rank0-request0.json").read_text())["sampling_calls"]
+    assert calls[0] and calls[1], calls
+    assert sum(calls[0]) + sum(calls[1]) == sum(alone)
+    for name in ("00-base", "01-van-gogh"):
+        for file in ("metrics.json", "grid.png"):
+            a = (ddp / "run" / "requests" / name / file).read_bytes()
+            assert a == (one / "run" / "requests" / name / file).read_bytes(), f"{name}/{file} differs"
+        # Summed over both ranks: every image counted (the base evaluation, before the first fit
+        # starts rank 1, is rank 0's alone).
+        assert json.loads((ddp / "run" / "requests" / name / "metrics.json").read_text())["images"] == 9
+    checks = [json.loads((run / "run" / "requests" / "01-van-gogh" / "simultaneous.json").read_text())
+              for run in (ddp, one)]
+    assert checks[0] == checks[1] and [c["images"] for c in checks[0]["checks"]] == [3, 3]
+    rows = [json.loads((run / "run" / "results.json").read_text()) for run in (ddp, one)]
+    metric_columns = ("UA", "UA_latest", "IRA", "CRA", "style_acc", "object_acc")
+    # Compared as JSON text: the base row's UA is NaN, which never equals itself as a float.
+    columns = [json.dumps([[r[k] for k in metric_columns] for r in run_rows]) for run_rows in rows]
+    assert columns[0] == columns[1]
