@@ -77,7 +77,8 @@ def test_model_card_front_matter_concepts_metrics_and_commands(tiny_run, tmp_pat
     assert ledger["completed"][1]["sha256"] in card
     row = json.loads((tiny_run / "results.json").read_text())[2]
     for name in ("UA", "UA_latest", "IRA", "CRA"):
-        assert f"| {name} | {row[name]:.2f} |" in card
+        # The value with its 95% interval, from the row's bounds.
+        assert f"| {name} | {row[name]:.2f} [{row[name + '_lo']:.2f}, {row[name + '_hi']:.2f}] |" in card
     assert "method: ESD" in card and "protocol: sequential" in card
     assert f"train.py unlearn --config {tiny_run / 'tensorboard' / 'config.yaml'}" in card
     assert f"train.py export {tiny_run} --request 2 --out {out}" in card
