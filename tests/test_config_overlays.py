@@ -34,7 +34,15 @@ CALLBACKS = {
     "ca_projection_gradient": [PROJECTION_GRADIENT], "ca_projection_update": [PROJECTION_UPDATE],
     "ca_projection_topk": [PROJECTION_UPDATE, TOPK],
     "ca_independent_ties": [], "ca_simultaneous": [],
+    "inverse_ewc": [("InverseEWC", {"kind": "l2", "weight": 1.6, "decay": 0.7})],
+    "trajectory": [("TrajectoryRegularizer", {"kind": "l2", "weight": 1.6, "decay": 0.7})],
+    "replay": [("Replay", {"weight": 1.0, "batch": 2})],
+    "uce": [], "lora_esd": [], "lora_ca": [],
 }
+RUN_BASES = {"uce": "uce", "lora_esd": "esd", "lora_ca": "ca"}
+"""Runs whose base config is not read off a ``ca_`` prefix (default: ESD)."""
+LORA_RUNS = {"lora_esd", "lora_ca"}
+"""Runs with configs/trainable/lora.yaml: the trainable set and its adapter change, nothing else."""
 SEQUENTIAL = {"protocol": "sequential", "merge": None, "simultaneous": {"check_every_n_steps": 50, "max_steps": 1000}}
 PROTOCOLS = {
     "simultaneous": {"protocol": "simultaneous", "merge": None,
@@ -43,7 +51,8 @@ PROTOCOLS = {
                          "simultaneous": {"check_every_n_steps": 50, "max_steps": 1000}},
 }
 METHODS = {"esd": ("lightning_unlearn.methods.ESD", "esd-x"),
-           "ca": ("lightning_unlearn.methods.ConceptAblation", "kv-xattn")}
+           "ca": ("lightning_unlearn.methods.ConceptAblation", "kv-xattn"),
+           "uce": ("lightning_unlearn.methods.UCE", "kv-xattn")}
 
 
 class _ParserCaught(Exception):
@@ -72,12 +81,13 @@ def _callbacks(config):
     return [(c["class_path"].rsplit(".", 1)[1], c.get("init_args") or {}) for c in config["trainer"]["callbacks"]]
 
 
-def _without_overlaid_keys(config):
-    """The config less what an overlay may change (callbacks, protocol keys), the run folder and
-    the list of --config files read."""
+def _without_overlaid_keys(config, lora=False):
+    """The config less what an overlay may change (callbacks, protocol keys; with ``lora`` the
+    trainable set and its adapter), the run folder and the list of --config files read."""
     trainer = {k: v for k, v in config["trainer"].items() if k != "callbacks"}
     kept = {k: v for k, v in config["stream"].items() if k not in ("run_dir", "protocol", "merge", "simultaneous")}
-    return {**{k: v for k, v in config.items() if k != "config"}, "trainer": trainer, "stream": kept}
+    model = {k: v for k, v in config["model"].items() if not (lora and k in ("trainable", "lora"))}
+    return {**{k: v for k, v in config.items() if k != "config"}, "trainer": trainer, "stream": kept, "model": model}
 
 
 @pytest.mark.parametrize("stream_kind", ["styles", "objects"])
@@ -87,9 +97,12 @@ def test_every_study_run_is_its_base_plus_the_overlays_its_name_says(resolve, st
     bases = {m: resolve(["--config", f"configs/tinyworld/{m}_{stream_kind}_sequential.yaml"]) for m in METHODS}
     for run in study.runs:
         config = resolve([*run.args, *study.common, f"--stream.run_dir={study.run_dir(run)}"])
-        method = "ca" if run.name.startswith("ca_") else "esd"
+        method = RUN_BASES.get(run.name, "ca" if run.name.startswith("ca_") else "esd")
         where = f"study_{stream_kind}/{run.name}"
-        assert (config["model"]["method"]["class_path"], config["model"]["trainable"]) == METHODS[method], where
+        lora = run.name in LORA_RUNS
+        class_path, trainable = METHODS[method]
+        assert (config["model"]["method"]["class_path"], config["model"]["trainable"]) == (
+            class_path, "lora" if lora else trainable), where
         drift, *stack = _callbacks(config)
         assert drift[0] == "DriftRecorder", f"{where}: the base's DriftRecorder was dropped"
         assert [cls for cls, _ in stack] == [cls for cls, _ in CALLBACKS[run.name]], where
@@ -102,7 +115,7 @@ def test_every_study_run_is_its_base_plus_the_overlays_its_name_says(resolve, st
         assert got["run_dir"] == str(study.run_dir(run))
         # Whatever the overlays do not name is the base's: a protocol overlay keeps the base's
         # evaluation settings, data, model and trainer options.
-        assert _without_overlaid_keys(config) == _without_overlaid_keys(bases[method]), where
+        assert _without_overlaid_keys(config, lora) == _without_overlaid_keys(bases[method], lora), where
 
 
 def test_a_stream_overlay_changes_only_the_keys_it_names(resolve):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from lightning_unlearn.cli import main
 from lightning_unlearn.run_folder import ATTACK_COLUMNS
 from lightning_unlearn.verify import verify
@@ -13,7 +15,7 @@ CONFIG = "configs/tinyworld/esd_styles_sequential.yaml"
 FAST = [
     "--data.steps_per_request=3", "--data.batch_size=4",
     "--model.method.init_args.ddim_steps=4", "--model.method.init_args.bank_trajectories=4",
-    "--stream.evaluation.steps=6", "--stream.semantic_analysis=false", "--trainer.enable_model_summary=false",
+    "--stream.evaluation.steps=6", "--stream.evaluation.seeds_per_prompt=1", "--stream.semantic_analysis=false", "--trainer.enable_model_summary=false",
     "--data.styles=[Van Gogh, Cartoon, Monet, Pop Art]", "--data.objects=[circle, star, house]",
     "--trainer.logger=false", "--stream.progress=false",
 ]
@@ -38,6 +40,7 @@ def attack_records(run_dir: Path) -> dict[str, list]:
     return out
 
 
+@pytest.mark.slow  # two attacked streams of two requests (several minutes on 2 cores)
 def test_stream_attacks_every_request_records_it_and_resumes_to_the_same_result(tmp_path):
     whole = tmp_path / "whole"
     stream(whole, "[Van Gogh, Cartoon]", *TINY_ATTACKS, "--stream.attacks.targets=all_erased")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from lightning_unlearn.cli import main
 from lightning_unlearn.report.writer import write_report
+from lightning_unlearn.run_folder import RunFolder
 
 TINY_ATTACKS = [
     "--stream.attacks.names=[relearn, prompt]", "--stream.attacks.images=2", "--stream.attacks.relearn.budgets=[1]",
@@ -17,6 +19,8 @@ def test_attacked_runs_get_a_robustness_section(stream_run, copy_run, tmp_path):
     plain = write_report([stream_run], tmp_path / "plain").markdown.read_text()
     assert "Robustness to adversarial recovery" not in plain
     attacked = copy_run(stream_run, tmp_path / "attacked")
+    # The copy leaves tensorboard/ behind; the attack reads the run's settings from its config.yaml.
+    shutil.copy(RunFolder(stream_run).config_path(), attacked / "config.yaml")
     main(["attack", str(attacked), *TINY_ATTACKS])
     files = write_report([attacked], tmp_path / "report")
     text = files.markdown.read_text()
