@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from lightning_unlearn.cli import main
 
 
-@pytest.mark.slow  # an ESD request that erases (40 steps) plus 50 relearning steps: ~1 min on 2 idle cores
 def test_relearning_brings_an_erased_style_back(tmp_path):
     run = tmp_path / "run"
     main([

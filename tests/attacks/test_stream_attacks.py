@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from lightning_unlearn.cli import main
 from lightning_unlearn.run_folder import ATTACK_COLUMNS
@@ -40,7 +39,6 @@ def attack_records(run_dir: Path) -> dict[str, list]:
     return out
 
 
-@pytest.mark.slow  # two attacked streams of two requests (several minutes on 2 cores)
 def test_stream_attacks_every_request_records_it_and_resumes_to_the_same_result(tmp_path):
     whole = tmp_path / "whole"
     stream(whole, "[Van Gogh, Cartoon]", *TINY_ATTACKS, "--stream.attacks.targets=all_erased")
