@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from lightning_unlearn.cli import main
 from lightning_unlearn.run_folder import ATTACK_COLUMNS
 from lightning_unlearn.verify import verify
