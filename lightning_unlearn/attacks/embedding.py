@@ -26,7 +26,7 @@ from lightning_unlearn.sampling import TextCondition
 class EmbeddingSettings:
     """``--stream.attacks.embedding``: the soft prompt's size and optimisation budget."""
 
-    steps: int = 30
+    steps: int = 15
     """Optimizer steps on the soft prompt (the budget)."""
     tokens: int = 4
     """Vectors in the soft prompt."""

@@ -29,7 +29,7 @@ from lightning_unlearn.sampling import TextCondition
 class PromptSearchSettings:
     """``--stream.attacks.prompt``: the prefix's length and the search's budget."""
 
-    iterations: int = 12
+    iterations: int = 6
     """Coordinate-search iterations (the budget); each tries ``candidates`` words at one position."""
     tokens: int = 3
     """Words in the adversarial prefix."""

@@ -29,7 +29,7 @@ RECOVERED_BELOW_UA = 50.0
 class RelearnSettings:
     """``--stream.attacks.relearn``: the relearning attack's budget and optimizer."""
 
-    budgets: list[int] = field(default_factory=lambda: [5, 20, 50])
+    budgets: list[int] = field(default_factory=lambda: [5, 20])
     """Optimizer steps after which UA is measured (cumulative: one run up to the largest)."""
     lr: float = 1e-3
     """Adam learning rate of the fine-tuning."""
