@@ -12,6 +12,8 @@ file or the name of a shipped config (``tinyworld/esd_styles_sequential``; see
   (relearning, learned embedding, prompt search; see ``lightning_unlearn.attacks``).
 - ``study``: run several streams in turn, each in its own folder, then report on them all
   (see ``lightning_unlearn.study``).
+- ``findings``: run what the paper's five findings need (a quick or full profile, resumable) and
+  judge each, with intervals: ``findings.md`` and a report (see ``lightning_unlearn.findings``).
 - ``report``: compare run folders in one self-contained HTML page and Markdown (see
   ``lightning_unlearn.report``; plain argparse, ``train.py report --help``).
 - ``verify``: audit a run folder against its ledger: every recorded file's sha256, the
@@ -30,7 +32,7 @@ from pathlib import Path
 from lightning_unlearn.config_names import resolve_config_args
 from lightning_unlearn.errors import UnlearnError
 
-SUBCOMMANDS = ("pretrain", "unlearn", "attack", "report", "study", "verify", "export")
+SUBCOMMANDS = ("pretrain", "unlearn", "attack", "report", "study", "findings", "verify", "export")
 
 
 def _quiet() -> None:
@@ -123,6 +125,10 @@ def _dispatch(argv: list[str] | None) -> None:
         from lightning_unlearn.study import main as study
 
         study(rest)
+    elif command == "findings":
+        from lightning_unlearn.findings.cli import main as findings
+
+        findings(rest)
     elif command == "report":
         from lightning_unlearn.report import main as report
 

@@ -115,3 +115,19 @@ def format_interval(value: float, interval: Interval | None, digits: int = 1) ->
     if interval is None or not all(b is not None and math.isfinite(b) for b in interval):
         return text
     return f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+def difference_interval(a: float, a_interval: Interval, b: float, b_interval: Interval) -> tuple[float, Interval]:
+    """``(a - b, (low, high))``: the 95% interval of the difference of two independent estimates
+    from their own 95% intervals, by MOVER (Zou & Donner 2008; for two Wilson intervals it is
+    Newcombe's hybrid score interval): each bound moves from ``a - b`` by the two estimates'
+    distances to the bounds that push it that way, combined in quadrature. NaN bounds when either
+    interval is NaN (one replicate without its own interval: no spread to combine)."""
+    difference = a - b
+    bounds = (*a_interval, *b_interval)
+    if not all(v is not None and math.isfinite(v) for v in (a, b, *bounds)):
+        return difference, NAN_INTERVAL
+    (a_lo, a_hi), (b_lo, b_hi) = a_interval, b_interval
+    low = difference - math.sqrt((a - a_lo) ** 2 + (b_hi - b) ** 2)
+    high = difference + math.sqrt((a_hi - a) ** 2 + (b - b_lo) ** 2)
+    return difference, (low, high)

@@ -17,7 +17,6 @@ read through it::
                                     request callbacks, attacks.json (--stream.attacks),
                                     FAILED.json of a failed attempt
       checkpoints/                  request-NN-step-SSSSSS.ckpt + request-NN.json (mid-request)
-      anchors/                      data methods cache across requests (Concept Ablation)
       tensorboard/                  the default logger; its config.yaml is the command's settings
                                     (LightningCLI writes it to the logger's folder, else run_dir)
 
@@ -79,7 +78,10 @@ ASR on the request's concept with its 95% Wilson interval, relearning's steps to
 REQUESTS_DIR = "requests"
 BASE_FOLDER = "00-base"
 CHECKPOINTS_DIR = "checkpoints"
-ANCHORS_DIR = "anchors"
+ANCHOR_CACHE_DIR = ".anchor_cache"
+"""Next to the run folder (``runs/.anchor_cache``), like the evaluation cache: what methods cache
+across requests and runs (Concept Ablation's anchor images, keyed by the base's fingerprint and
+every setting that shapes them), so every run of a study on the same base shares them."""
 LOCK_NAME = ".lock"
 RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
 RUN_INFO_NAME = "run.json"
@@ -217,8 +219,9 @@ class RunFolder:
 
     @property
     def anchors(self) -> Path:
-        """``anchors/``: where methods cache data across requests (``begin_request``'s cache_dir)."""
-        return self.path / ANCHORS_DIR
+        """``<parent>/.anchor_cache``: where methods cache data across requests and runs
+        (``begin_request``'s cache_dir; :data:`ANCHOR_CACHE_DIR`)."""
+        return self.path.resolve().parent / ANCHOR_CACHE_DIR
 
     def request_dir(self, index: int, request: Request | None) -> Path:
         """``requests/00-base`` (``request`` None) or ``requests/NN-<slug>`` of 0-based ``index``."""

@@ -97,7 +97,7 @@ def serve_request(
         data: the stream's datamodule; it is given the plan (the same object the module keeps).
         plan: the request and what it trains (``lightning_unlearn.protocols.plan_request``).
         train_steps: the step cap (default: ``data.steps_per_request``).
-        cache_dir: where the method may cache data across requests (the stream's ``anchors/``).
+        cache_dir: where the method may cache data across requests (the stream's ``.anchor_cache`` next to the run folder).
         fit_callbacks: callbacks for this request's ``fit`` only (removed after it, also on error).
         checkpoints: the request's mid-request checkpoint callback (added for this fit only); a
             pre-emption it saw stops the stream (:class:`StreamStopped`, requeue) before the end hooks.

@@ -282,7 +282,7 @@ class UnlearningModule(LightningModule):
             vocabulary: the stream's concepts, for methods that caption over them (Concept
                 Ablation); unset = the tiny world's.
             cache_dir: where the method may cache data across requests and runs (the stream
-                passes ``<run_dir>/anchors``); unset = in memory only.
+                passes ``<run_dir>/../.anchor_cache``); unset = in memory only.
         """
         if not plan.erasing or plan.erasing[-1] != plan.request:
             raise ValueError(f"the request being served ({plan.request.concept!r}) must be the last concept erased")

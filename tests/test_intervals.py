@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lightning_unlearn.intervals import (
-    Z_95, bound_keys, format_interval, half_width, mean_of_proportions, t_interval, t_quantile, wilson,
+    Z_95, bound_keys, difference_interval, format_interval, half_width, mean_of_proportions, t_interval, t_quantile,
+    wilson,
 )
 
 
@@ -81,3 +82,22 @@ def test_tiny_world_configs_evaluate_enough_images_for_a_5_point_ira_interval(co
     retained = (len(STYLES) - erased) * len(OBJECTS) if "styles" in config else len(STYLES) * (len(OBJECTS) - erased)
     n = seeds * retained
     assert half_width(wilson(0.9 * n, n)) <= 5.0, f"{config}: {n} images give +-{half_width(wilson(0.9 * n, n)):.1f}"
+
+
+def test_difference_interval_reproduces_newcombes_published_example():
+    # Newcombe (1998), Statistics in Medicine 17:873, example (a): 56/70 - 48/80, method 10
+    # (his hybrid score interval, MOVER on two Wilson intervals): 0.0524 to 0.3339.
+    difference, (low, high) = difference_interval(100 * 56 / 70, wilson(56, 70), 100 * 48 / 80, wilson(48, 80))
+    assert difference == pytest.approx(20.0)
+    assert low == pytest.approx(5.24, abs=0.01) and high == pytest.approx(33.39, abs=0.01)
+    assert all(math.isnan(b) for b in difference_interval(50.0, (float("nan"),) * 2, 40.0, (30.0, 50.0))[1])
+
+
+def test_difference_interval_covers_a_known_difference_about_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    for (p, n), (q, m) in (((0.9, 144), (0.6, 144)), ((0.5, 48), (0.45, 60))):
+        covered = []
+        for a, b in zip(rng.binomial(n, p, size=3000), rng.binomial(m, q, size=3000)):
+            _, (low, high) = difference_interval(100 * a / n, wilson(a, n), 100 * b / m, wilson(b, m))
+            covered.append(low <= 100 * (p - q) <= high)
+        assert 0.93 <= np.mean(covered) <= 0.98, (p, q, np.mean(covered))

@@ -13,7 +13,7 @@ own behaviour is what the target is pulled onto.
 Anchor images are generated once by the *base* model (the pretrained weights, not the
 checkpoint the request starts from) with guided DDIM from the anchor captions, and kept as
 latents. They are cached in memory and as safetensors under ``cache_dir`` (default: the
-context's ``cache_dir``, which the stream sets to ``<run_dir>/anchors``), keyed by everything
+context's ``cache_dir``, which the stream sets to ``<run_dir>/../.anchor_cache``), keyed by everything
 that determines them -- the anchor captions, the number of images, the sampler settings, the
 seed and a fingerprint of the base weights and text encoder -- so every request that shares an
 anchor, and every later run on the same base, reuses them, and a different base never does.
@@ -175,7 +175,7 @@ class ConceptAblation(UnlearningMethod):
             guidance: classifier-free guidance of the anchor generation.
             sample_batch: anchor images generated together.
             cache_dir: folder of the anchor cache; unset = the request's cache folder
-                (``<run_dir>/anchors`` in a stream; in memory only when there is none).
+                (``<run_dir>/../.anchor_cache`` in a stream; in memory only when there is none).
         """
         option = "--model.method.init_args."
         at_least(images_per_anchor, 1, option + "images_per_anchor")

@@ -52,7 +52,7 @@ class MethodContext:
     """The stream's concepts and caption templates (the tiny world's outside a stream)."""
     cache_dir: Path | None
     """Folder where methods may cache data across the requests and runs that share it
-    (the stream passes ``<run_dir>/anchors``); ``None``: keep it in memory only."""
+    (the stream passes ``<run_dir>/../.anchor_cache``); ``None``: keep it in memory only."""
     base_state: Mapping[str, torch.Tensor]
     """Pretrained values of the trainable keys (CPU tensors; read them, never write them)."""
     base_unet: Callable[[], nn.Module]

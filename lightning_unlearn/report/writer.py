@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_unlearn.atomic_io import write_bytes, write_text
-from lightning_unlearn.report.document import figures_of, slug
+from lightning_unlearn.report.document import Section, figures_of, slug
 from lightning_unlearn.report.render import render_html, render_markdown
 from lightning_unlearn.report.runs import RunFolderError, load_run
 from lightning_unlearn.report.sections import build_sections
@@ -21,8 +21,10 @@ class ReportFiles:
     figures: list[Path]
 
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | None = None) -> ReportFiles:
-    """Read ``run_dirs``, write ``report.html``, ``report.md`` and ``figures/`` into ``out_dir`` (atomically)."""
+def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | None = None,
+                 leading_sections: list[Section] | None = None) -> ReportFiles:
+    """Read ``run_dirs``, write ``report.html``, ``report.md`` and ``figures/`` into ``out_dir``
+    (atomically). ``leading_sections`` (e.g. the findings of ``train.py findings``) come first."""
     if not run_dirs:
         raise RunFolderError("give at least one run folder")
     resolved = [Path(d).resolve() for d in run_dirs]
@@ -37,7 +39,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | N
                 raise RunFolderError(f"the report folder {out_dir} is or is inside the file {folder}: give a folder's path")
             break
     title = title or "lightning-unlearn report: " + ", ".join(run.name for run in runs)
-    sections = build_sections(runs)
+    sections = [*(leading_sections or []), *build_sections(runs)]
     figures = []
     for figure in figures_of(sections):
         path = out_dir / "figures" / figure.filename

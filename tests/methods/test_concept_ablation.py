@@ -1,6 +1,7 @@
 """Concept Ablation: the loss, its caption pairs, the anchor cache, and a short CLI stream."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -168,7 +169,7 @@ FAST = [
 ]
 
 
-def test_cli_stream_of_a_style_and_an_object_writes_the_run_and_anchor_cache(tmp_path):
+def test_cli_stream_of_a_style_and_an_object_writes_the_run_and_anchor_cache(tmp_path, caplog):
     run = tmp_path / "run"
     main(["unlearn", "--config", "configs/tinyworld/ca_styles_sequential.yaml",
           "--data.requests=[Van Gogh, star]", f"--stream.run_dir={run}", *FAST])
@@ -178,10 +179,21 @@ def test_cli_stream_of_a_style_and_an_object_writes_the_run_and_anchor_cache(tmp
     assert weights and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in weights)
     rows = json.loads((run / "results.json").read_text())
     assert [r["concept"] for r in rows] == ["base", "Van Gogh", "star"]
-    anchors = sorted(p.name.split("-")[0] for p in (run / "anchors").glob("*.safetensors"))
+    # Cached next to the run folder, where every run on the same base finds them.
+    assert not (run / "anchors").exists()
+    anchors = sorted(p.name.split("-")[0] for p in (tmp_path / ".anchor_cache").glob("*.safetensors"))
     assert anchors == ["cross", "plain"]  # the style's plain captions, the star's default anchor
-    cached = load_file(str(next((run / "anchors").glob("cross-*.safetensors"))))
+    cached = load_file(str(next((tmp_path / ".anchor_cache").glob("cross-*.safetensors"))))
     assert cached["latents"].shape[0] == 4 and cached["caption_index"].shape == (4,)
+
+    # Another run on the same base (a study's next run) reuses them instead of sampling them again.
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / ".anchor_cache").iterdir()}
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        main(["unlearn", "--config", "configs/tinyworld/ca_styles_sequential.yaml",
+              "--data.requests=[Van Gogh]", f"--stream.run_dir={tmp_path / 'run2'}", *FAST])
+    assert "Concept Ablation: 4 anchor images for 'plain' from" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / ".anchor_cache").iterdir()} == written
 
 
 VAN_GOGH, STAR = Request("Van Gogh", "style"), Request("star", "object")
