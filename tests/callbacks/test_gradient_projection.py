@@ -235,6 +235,11 @@ def test_reference_bank_basis_drops_the_targets_prompts_keeps_earlier_erasures_a
     projection.on_request_start(trainer, module)
     assert projection.protected == labels and projection.basis.shape == (384, len(labels))
     assert GradientProjection(basis="reference_bank", protect_unlearned=False).protected_directions(trainer, module)[0][0] != "Van Gogh"
+    # a listed vocabulary is the bank's concept list (the world still says which kind each is)
+    listed = GradientProjection(basis="reference_bank", vocabulary=["circle", "Monet", "Picasso"], protect_unlearned=False)
+    labels, _ = listed.protected_directions(trainer, module)
+    assert labels[:2] == ["An image in the style of Monet", "An image of a circle"]
+    assert all(("Monet" in label or "circle" in label) and "Picasso" not in label for label in labels)
 
 
 def test_template_basis_adds_one_column_per_shared_template_word(module, make_data):
