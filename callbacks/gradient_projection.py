@@ -8,12 +8,22 @@ If every change of W is multiplied on the right by
 then (W + dW P) v = W v for v in span(C) (up to the small ridge term lambda), so the model
 computes the same keys and values for the protected concepts as before the request.
 
-Protected directions, rebuilt per request: the embeddings (text-encoder token states at the
-concept's tokens in its short caption) of concepts whose cosine similarity to the target is at
-least ``similarity_threshold`` and/or that are among the ``top_n`` most similar, drawn from the
-datamodule's vocabulary (both kinds) or an explicit list, plus the concepts unlearned by
-earlier requests (so their erasure is not undone). Near-duplicates (cos > 0.95) are dropped.
-lambda = max(1e-4, 1e-6 * trace(C^T C) / m).
+Protected directions, rebuilt per request, by ``basis`` (``lightning_unlearn.projection_bases``):
+
+- ``similar`` (default): the embeddings (text-encoder token states at the concept's tokens in
+  its short caption) of concepts whose cosine similarity to the target is at least
+  ``similarity_threshold`` and/or that are among the ``top_n`` most similar, drawn from the
+  datamodule's vocabulary (both kinds) or an explicit list, plus the concepts unlearned by
+  earlier requests (so their erasure is not undone).
+- ``reference_bank`` (the paper's reference code): the concepts unlearned by earlier requests,
+  then a fixed bank of ``bank_size`` prompts over the vocabulary in both domains, minus the
+  prompts that name a current target; one column per prompt, its concept tokens' states averaged.
+  The similarity settings are not used.
+- ``template``: the ``similar`` columns plus one per word the caption templates share ("a",
+  "in", "style"), averaged over the retained concepts' captions, so the template's own keys and
+  values stay fixed too.
+
+Near-duplicates (cos > 0.95) are dropped in that order. lambda = max(1e-4, 1e-6 * trace(C^T C) / m).
 
 Modes:
 - ``gradient`` (the paper's): G <- G P in ``on_after_backward``. Linear, so exact under
@@ -47,6 +57,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_unlearn.callbacks.base import RequestCallback
 from lightning_unlearn.checks import at_least, in_interval
 from lightning_unlearn.concept_embeddings import concept_embeddings
+from lightning_unlearn.projection_bases import (
+    BANK_SIZE, bank_embeddings, check_basis, reference_bank, template_word_embeddings,
+)
 from lightning_unlearn.requests import ConceptVocabulary, Request
 
 PROJECTED_SUFFIXES = ("attn2.to_k.weight", "attn2.to_v.weight")
@@ -106,6 +119,8 @@ class GradientProjection(RequestCallback):
         top_n: int | None = None,
         vocabulary: list[str] | None = None,
         protect_unlearned: bool = True,
+        basis: str = "similar",
+        bank_size: int = BANK_SIZE,
         name: str | None = None,
     ) -> None:
         """
@@ -119,6 +134,12 @@ class GradientProjection(RequestCallback):
                 the datamodule's styles and objects. A name the datamodule does not know is
                 embedded in the caption template of the target's kind.
             protect_unlearned: also protect the concepts unlearned by earlier requests.
+            basis: which directions to protect: ``similar`` (the concepts chosen by the settings
+                above), ``reference_bank`` (a fixed bank of prompts over the vocabulary, as the
+                paper's reference code; the similarity settings are unused) or ``template``
+                (``similar`` plus the caption templates' shared words). See
+                ``lightning_unlearn.projection_bases``.
+            bank_size: prompts in the ``reference_bank`` before the targets' are dropped.
             name: distinguishes two instances of this class in checkpoints and logs.
         """
         super().__init__(name=name)
@@ -130,13 +151,18 @@ class GradientProjection(RequestCallback):
             # A cosine similarity: a threshold outside [-1, 1] protects everything or nothing.
             in_interval(similarity_threshold, -1, 1, "lightning_unlearn.callbacks.gradient_projection.GradientProjection "
                         "init_args.similarity_threshold", low_open=False)
+        check_basis(basis, "lightning_unlearn.callbacks.gradient_projection.GradientProjection init_args.basis")
+        at_least(bank_size, 1, "lightning_unlearn.callbacks.gradient_projection.GradientProjection init_args.bank_size")
+        self.basis_name = basis
+        self.bank_size = bank_size
         self.mode = mode
         self.similarity_threshold = similarity_threshold
         self.top_n = top_n
         self.vocabulary = list(vocabulary) if vocabulary is not None else None
         self.protect_unlearned = protect_unlearned
         self.protected: list[str] = []
-        """Names of the concepts whose directions the current request protects."""
+        """What the current request protects, one label a column: a concept's name, a bank
+        prompt's caption, or a template word (``'in' of 'a {object} in {style} style'``)."""
         self.basis: torch.Tensor | None = None
         """C, [d_text, m]."""
         self.solve: torch.Tensor | None = None
@@ -150,9 +176,11 @@ class GradientProjection(RequestCallback):
     def state_key(self) -> str:
         if self.name:
             return super().state_key
+        # The default basis adds nothing, so checkpoints written before the option still resume.
+        other_basis = {} if self.basis_name == "similar" else {"basis": self.basis_name, "bank_size": self.bank_size}
         return self._generate_state_key(
             mode=self.mode, similarity_threshold=self.similarity_threshold, top_n=self.top_n,
-            vocabulary=self.vocabulary, protect_unlearned=self.protect_unlearned,
+            vocabulary=self.vocabulary, protect_unlearned=self.protect_unlearned, **other_basis,
         )
 
     @property
@@ -161,12 +189,20 @@ class GradientProjection(RequestCallback):
 
     def settings(self) -> dict[str, Any]:
         return {"mode": self.mode, "similarity_threshold": self.similarity_threshold, "top_n": self.top_n,
-                "vocabulary": self.vocabulary, "protect_unlearned": self.protect_unlearned}
+                "vocabulary": self.vocabulary, "protect_unlearned": self.protect_unlearned,
+                "basis": self.basis_name, "bank_size": self.bank_size}
 
     @classmethod
     def describe(cls, settings: dict[str, Any]) -> str:
-        """``projection (update, cos ≥ 0.3)``; the other choices only when they are set."""
+        """``projection (update, cos ≥ 0.3)``; the other choices only when they are set;
+        ``projection (update, reference bank of 200)`` for the reference bank."""
         parts = [str(settings["mode"])]
+        basis = settings.get("basis", "similar")
+        if basis == "reference_bank":
+            parts.append(f"reference bank of {int(settings.get('bank_size', BANK_SIZE))}")
+            if not settings.get("protect_unlearned", True):
+                parts.append("unlearned concepts not protected")
+            return f"projection ({', '.join(parts)})"
         if settings.get("similarity_threshold") is not None:
             parts.append(f"cos ≥ {float(settings['similarity_threshold']):g}")
         if settings.get("top_n"):
@@ -175,6 +211,8 @@ class GradientProjection(RequestCallback):
             parts.append(f"from {len(settings['vocabulary'])} listed concepts")
         if not settings.get("protect_unlearned", True):
             parts.append("unlearned concepts not protected")
+        if basis == "template":
+            parts.append("+ template words")
         return f"projection ({', '.join(parts)})"
 
     def projector(self) -> torch.Tensor | None:
@@ -185,8 +223,10 @@ class GradientProjection(RequestCallback):
         return eye - self.basis @ self.solve
 
     # -- choosing the protected directions -----------------------------------------------------
-    def protected_concepts(self, trainer: Trainer, pl_module: LightningModule) -> tuple[list[tuple[str, str]], torch.Tensor]:
-        """(concept, kind) pairs to protect for the current request, and their embeddings [m, d_text]."""
+    def _request_concepts(self, trainer: Trainer, pl_module: LightningModule) -> tuple[
+            ConceptVocabulary, Request, list[tuple[str, str]], list[tuple[str, str]]]:
+        """The vocabulary, the current request, what this training erases and (with
+        ``protect_unlearned``) the earlier erasures, as (concept, kind) pairs."""
         datamodule = getattr(trainer, "datamodule", None)
         # The stream's datamodule owns the vocabulary; a module used without one carries its own.
         vocab: ConceptVocabulary | None = (
@@ -202,6 +242,60 @@ class GradientProjection(RequestCallback):
         # Everything this training erases is a target (several under the simultaneous protocol).
         targets = [(r.concept, r.kind) for r in (getattr(pl_module, "erasing", None) or [target])]
         target_names = {c for c, _ in targets}
+        unlearned: list[tuple[str, str]] = []
+        if self.protect_unlearned:
+            # Erasures the starting weights carry (sequential: the earlier requests).
+            unlearned = [(r.concept, r.kind) for r in getattr(pl_module, "already_erased", [])
+                         if r.concept not in target_names]
+        return vocab, target, targets, unlearned
+
+    def protected_directions(self, trainer: Trainer, pl_module: LightningModule) -> tuple[list[str], torch.Tensor]:
+        """Labels and embeddings [m, d_text] of the directions the current request protects,
+        by ``basis``, near-duplicates dropped."""
+        if self.basis_name == "reference_bank":
+            return self._reference_bank_directions(trainer, pl_module)
+        concepts, embeddings = self.protected_concepts(trainer, pl_module)
+        labels = [c for c, _ in concepts]
+        if self.basis_name == "template":
+            vocab, _, targets, _ = self._request_concepts(trainer, pl_module)
+            words, word_embeddings = template_word_embeddings(pl_module.backbone, vocab, {c for c, _ in targets})
+            if words:
+                labels += words
+                embeddings = torch.cat([embeddings, word_embeddings.float().cpu()])
+                kept = drop_near_duplicates(embeddings)
+                labels, embeddings = [labels[i] for i in kept], embeddings[kept]
+        return labels, embeddings
+
+    def _reference_bank_directions(self, trainer: Trainer, pl_module: LightningModule) -> tuple[list[str], torch.Tensor]:
+        """The earlier erasures, then the bank's prompts that name no current target."""
+        vocab, _, targets, unlearned = self._request_concepts(trainer, pl_module)
+        target_names = {c for c, _ in targets}
+        if self.vocabulary is not None:
+            # A listed vocabulary replaces the world's concepts in the bank (kinds from the world).
+            listed = [c for c in dict.fromkeys(self.vocabulary)]
+            vocab = ConceptVocabulary(
+                styles=[c for c in listed if c in vocab.styles or (c not in vocab.objects and targets[0][1] == "style")],
+                objects=[c for c in listed if c in vocab.objects or (c not in vocab.styles and targets[0][1] == "object")],
+                templates=vocab.templates,
+            )
+        bank = [p for p in reference_bank(vocab, self.bank_size) if not target_names & set(p.mentions)]
+        labels = [c for c, _ in unlearned] + [p.caption for p in bank]
+        parts = []
+        if unlearned:
+            parts.append(concept_embeddings(pl_module.backbone, vocab, unlearned).float().cpu())
+        if bank:
+            parts.append(bank_embeddings(pl_module.backbone, bank).float().cpu())
+        if not parts:
+            return [], torch.zeros(0, 0)
+        embeddings = torch.cat(parts)
+        kept = drop_near_duplicates(embeddings)
+        return [labels[i] for i in kept], embeddings[kept]
+
+    def protected_concepts(self, trainer: Trainer, pl_module: LightningModule) -> tuple[list[tuple[str, str]], torch.Tensor]:
+        """(concept, kind) pairs the ``similar`` basis protects for the current request, and
+        their embeddings [m, d_text]."""
+        vocab, target, targets, unlearned = self._request_concepts(trainer, pl_module)
+        target_names = {c for c, _ in targets}
 
         def kind_of(concept: str) -> str:
             if concept in vocab.styles or concept in vocab.objects:
@@ -210,11 +304,6 @@ class GradientProjection(RequestCallback):
 
         names = self.vocabulary if self.vocabulary is not None else [*vocab.styles, *vocab.objects]
         candidates = [(c, kind_of(c)) for c in dict.fromkeys(names) if c not in target_names]
-        unlearned: list[tuple[str, str]] = []
-        if self.protect_unlearned:
-            # Erasures the starting weights carry (sequential: the earlier requests).
-            unlearned = [(r.concept, r.kind) for r in getattr(pl_module, "already_erased", [])
-                         if r.concept not in target_names]
         everything = [*targets, *candidates, *unlearned]
         embeddings = concept_embeddings(pl_module.backbone, vocab, everything).float().cpu()
         unit = F.normalize(embeddings, dim=-1)
@@ -248,9 +337,8 @@ class GradientProjection(RequestCallback):
                 f"{self.log_prefix}: the trainable set {getattr(pl_module, 'trainable', '?')!r} holds no cross-attention "
                 "key/value weight (attn2.to_k / attn2.to_v); nothing is projected"
             )
-        concepts, embeddings = self.protected_concepts(trainer, pl_module)
-        self.protected = [c for c, _ in concepts]
-        if not concepts:
+        self.protected, embeddings = self.protected_directions(trainer, pl_module)
+        if not self.protected:
             self.basis = self.solve = None
         else:
             d_text = embeddings.shape[1]
@@ -267,9 +355,11 @@ class GradientProjection(RequestCallback):
                     for key in self.keys:
                         a = params[key]
                         a.sub_((a @ self.basis.to(a.device, a.dtype)) @ self.solve.to(a.device, a.dtype))
+        # A bank protects ~200 prompts: name the first few.
+        shown = self.protected if len(self.protected) <= 12 else [*self.protected[:8], f"... {len(self.protected) - 8} more"]
         rank_zero_info(
             f"{self.log_prefix}: request {pl_module.current_request.concept!r} protects {len(self.protected)} "
-            f"directions {self.protected} on {len(self.keys)} key/value weights"
+            f"directions {shown} on {len(self.keys)} key/value weights"
         )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -317,10 +407,12 @@ class GradientProjection(RequestCallback):
 
     # -- checkpoints ---------------------------------------------------------------------------
     def request_records(self) -> dict[str, dict[str, Any]]:
-        """``projection_<mode>.json``: the concepts whose cross-attention keys and values the
-        request kept fixed (the similarity-selected ones and, with ``protect_unlearned``, the
-        concepts erased before it, including those the starting model had erased)."""
-        return {f"projection_{self.mode}": {"mode": self.mode, "protected": list(self.protected)}}
+        """``projection_<mode>.json``: the directions whose cross-attention keys and values the
+        request kept fixed, one label each (by ``basis``: the similarity-selected concepts, the
+        bank's prompts or the template's words and, with ``protect_unlearned``, the concepts
+        erased before it, including those the starting model had erased)."""
+        return {f"projection_{self.mode}": {"mode": self.mode, "basis": self.basis_name,
+                                            "protected": list(self.protected)}}
 
     def state_dict(self) -> dict[str, Any]:
         return {

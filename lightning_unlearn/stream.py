@@ -25,6 +25,7 @@ SIGINT inside training exit 143 / 130 with the request uncommitted
 from __future__ import annotations
 
 import signal
+from argparse import ArgumentError
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -662,3 +663,53 @@ def _unlearn(args: list[str]) -> list[dict[str, Any]]:
         elif cli.trainer.is_global_zero:
             print(stopped.message, file=sys.stderr, flush=True)
         raise SystemExit(stopped.exit_code) from None
+
+
+class _Parsed(Exception):
+    """Raised by :class:`_ParseOnlyCLI` once the arguments are parsed: nothing is built."""
+
+
+class _ParseOnlyCLI(UnlearnCLI):
+    """``train.py unlearn``'s parser, stopped before anything is instantiated or written."""
+
+    def _set_seed(self) -> None:  # no "Seed set to" line, no global seed changed
+        pass
+
+    def before_instantiate_classes(self) -> None:
+        raise _Parsed()
+
+
+def unlearn_argument_problem(args: list[str]) -> str | None:
+    """Whether ``train.py unlearn ARGS`` parses: ``None`` if it does, else the parser's complaint
+    in one line (``unrecognized arguments: --data.foo=1``; for a class's unknown init argument,
+    the line naming it). Parses only: no model is loaded, no folder or file is touched, so a
+    study can check its runs' arguments before any run starts. Config names are resolved as the
+    command line resolves them."""
+    from lightning_unlearn.config_names import resolve_config_args
+
+    try:
+        _ParseOnlyCLI(UnlearningModule, ConceptStreamDataModule, run=False, args=resolve_config_args(list(args)),
+                      seed_everything_default=0, save_config_callback=None,
+                      parser_kwargs={"allow_abbrev": False, "exit_on_error": False})
+    except _Parsed:
+        return None
+    except UnlearnError as error:
+        return str(error)
+    except (ArgumentError, SystemExit) as error:
+        return _one_line(str(error)) or f"the arguments were refused ({type(error).__name__})"
+    return None
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's (multi-line) complaint as the line that says what is wrong: a value of the
+    wrong type with its key, else an option no class accepts, else an unrecognized argument."""
+    lines = [line.strip().lstrip("- ") for line in message.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("Expected a") and "NoneType" not in line:  # not the union's 'or None'
+            keys = [earlier for earlier in lines[:i] if earlier.startswith("Parser key")]
+            return " ".join([*keys[-1:], line])
+    for marker in ("not accepted", "unrecognized arguments"):
+        named = [line for line in lines if marker in line]
+        if named:
+            return named[0]
+    return " ".join(lines[:2])

@@ -27,6 +27,7 @@ from lightning_unlearn.report.runs import (
     ATTACK_COLUMNS, HEADLINE_METRICS, METRIC_NAMES, RequestRecord, RunRecord, metric_interval,
 )
 from lightning_unlearn.run_folder import COLLAPSE_TOP_SHARE
+from lightning_unlearn.sweeps import BEST_RULE, sweep_verdicts
 
 GRID_MAX_SIDE = 512
 """Longest side of an image grid in the report (the tiny world's 2x grids come back to 32 px tiles)."""
@@ -207,6 +208,28 @@ def replicates_section(runs: list[RunRecord]) -> Section:
             ["request", "concept", "replicates", "interval", *HEADLINE_METRICS],
             [[str(r["request"]), str(r["concept"]), str(r["replicates"]), str(r["interval"]),
               *(fmt_interval(r.get(m), metric_interval(r, m)) for m in HEADLINE_METRICS)] for r in rows],
+        ))
+    return section
+
+
+def sweeps_section(rows: list[dict[str, Any]]) -> Section:
+    """A study's strength sweeps (``root/sweeps.json`` rows, :mod:`lightning_unlearn.sweeps`):
+    per swept run, one line per setting with the last request's UA, IRA and CRA and their 95%
+    intervals, the setting the rule picks marked, and the verdict in words."""
+    section = Section("Strength sweeps")
+    section.blocks.append(Paragraph(
+        f"Each swept run's settings after the last request (mean over replicates where there are several). "
+        f"Best: {BEST_RULE}; a qualifying setting whose IRA interval overlaps the best one's cannot be told "
+        "apart from it. " + INTERVAL_NOTE
+    ))
+    verdicts = sweep_verdicts(rows)
+    for sweep, verdict in verdicts.items():
+        group = [r for r in rows if r["sweep"] == sweep]
+        section.blocks.append(Table(
+            f"{sweep}: {verdict}", ["setting", "run", "replicates", *HEADLINE_METRICS, "best"],
+            [[str(r["setting"]), str(r["run"]), str(r["replicates"]),
+              *(fmt_interval(r.get(m), metric_interval(r, m)) for m in HEADLINE_METRICS), "best" if r["best"] else ""]
+             for r in group],
         ))
     return section
 
@@ -499,8 +522,8 @@ def results_section(runs: list[RunRecord]) -> Section:
     return section
 
 
-def build_sections(runs: list[RunRecord]) -> list[Section]:
-    """Every section of the report, in reading order."""
+def build_sections(runs: list[RunRecord], sweeps: list[dict[str, Any]] | None = None) -> list[Section]:
+    """Every section of the report, in reading order; a study's sweep rows add "Strength sweeps"."""
     slugs: dict[str, str] = {}
     for run in runs:
         base = slug(run.name)
@@ -511,7 +534,8 @@ def build_sections(runs: list[RunRecord]) -> list[Section]:
     # Robustness appears only in reports over runs that attacked (``--stream.attacks``).
     robustness = [attacks_section(runs)] if any(attacked(run) for run in runs) else []
     return [
-        runs_section(runs), replicates_section(runs), curves_section(runs), *robustness, heatmap_section(runs, slugs),
+        runs_section(runs), replicates_section(runs), *([sweeps_section(sweeps)] if sweeps else []), curves_section(runs),
+        *robustness, heatmap_section(runs, slugs),
         cost_section(runs),
         drift_section(runs, slugs), semantic_section(runs, slugs), grids_section(runs, slugs), results_section(runs),
     ]

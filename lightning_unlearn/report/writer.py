@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lightning_unlearn.atomic_io import write_bytes, write_text
 from lightning_unlearn.report.document import Section, figures_of, slug
@@ -22,9 +23,11 @@ class ReportFiles:
 
 
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | None = None,
-                 leading_sections: list[Section] | None = None) -> ReportFiles:
+                 sweeps: list[dict[str, Any]] | None = None, leading_sections: list[Section] | None = None
+                 ) -> ReportFiles:
     """Read ``run_dirs``, write ``report.html``, ``report.md`` and ``figures/`` into ``out_dir``
-    (atomically). ``leading_sections`` (e.g. the findings of ``train.py findings``) come first."""
+    (atomically); ``sweeps``: a study's sweep rows (``lightning_unlearn.sweeps``), shown in a
+    "Strength sweeps" section; ``leading_sections`` (the findings of ``train.py findings``) come first."""
     if not run_dirs:
         raise RunFolderError("give at least one run folder")
     resolved = [Path(d).resolve() for d in run_dirs]
@@ -39,7 +42,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | N
                 raise RunFolderError(f"the report folder {out_dir} is or is inside the file {folder}: give a folder's path")
             break
     title = title or "lightning-unlearn report: " + ", ".join(run.name for run in runs)
-    sections = [*(leading_sections or []), *build_sections(runs)]
+    sections = [*(leading_sections or []), *build_sections(runs, sweeps)]
     figures = []
     for figure in figures_of(sections):
         path = out_dir / "figures" / figure.filename

@@ -8,6 +8,7 @@ import torch
 
 from lightning_unlearn.callbacks.gradient_projection import GradientProjection, drop_near_duplicates, ridge_factors
 from lightning_unlearn.concept_embeddings import concept_embeddings
+from lightning_unlearn.projection_bases import BANK_SIZE, ProjectionBasisError, bank_embeddings, reference_bank, template_words
 from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.requests import ConceptVocabulary, Request
 from lightning_unlearn.tinyworld.concepts import tiny_vocabulary
@@ -170,3 +171,124 @@ def test_lora_projection_keeps_protected_w_v_fixed_and_without_it_w_v_moves(lora
     unprojected_before, unprojected_after = lora_request(lora_module, serve, make_data, optimizer, [])
     moved, moved_relative = protected_drift(unprojected_before, unprojected_after, protected)
     assert moved > 1e-2 and moved_relative > 1e-4, (moved, moved_relative)
+
+
+# -- the other bases: the reference code's prompt bank, and the caption template's words ----------
+def test_reference_bank_is_a_fixed_list_over_both_domains():
+    vocab = tiny_vocabulary()
+    bank = reference_bank(vocab)
+    assert len(bank) == BANK_SIZE == 200 and bank == reference_bank(vocab)  # generated once, the same every time
+    assert len({p.caption for p in bank}) == 200
+    # round 0: the reference's two templates, styles and objects alternating
+    assert [p.caption for p in bank[:4]] == ["An image in the style of Van Gogh", "An image of a circle",
+                                             "An image in the style of Monet", "An image of a square"]
+    assert {p.kind for p in bank[:28]} == {"style", "object"} and len({p.concept for p in bank[:28]}) == 28
+    # later rounds: the world's captions, with a partner of the other kind
+    assert bank[28].caption == vocab.templates.concept_prompt("Van Gogh", "style")
+    full = [p for p in bank if len(p.mentions) == 2]
+    assert full and all(p.caption == vocab.templates.caption(*(p.mentions if p.kind == "style" else p.mentions[::-1]))
+                        for p in full)
+    # a large vocabulary: one reference-template prompt per concept, as the reference code
+    big = ConceptVocabulary(styles=[f"style{i}" for i in range(150)], objects=[f"thing{i}" for i in range(150)])
+    assert [p.caption for p in reference_bank(big)][:2] == ["An image in the style of style0", "An image of a thing0"]
+    assert len(reference_bank(big)) == 200 and all(p.caption.startswith("An image") for p in reference_bank(big))
+
+
+def test_template_words_are_found_by_position_not_by_search():
+    caption, words = template_words("a painting in {style} style", {"style": "Pop Art"})
+    assert caption == "a painting in Pop Art style"
+    # "in" also occurs inside "painting": positions, not str.find, locate the template's own word
+    assert [(w, caption[s:e]) for w, s, e in words] == [("a", "a"), ("painting", "painting"), ("in", "in"), ("style", "style")]
+    assert words[2][1] == 11
+
+
+def serving_picasso_after_van_gogh(module, make_data):
+    data = make_data(["Van Gogh", "Picasso"])
+    plan = plan_request(data.requests, 1, "sequential")
+    data.begin_request(plan)
+    module.begin_request(plan, data.erase_captions(data.requests[1]))
+    return SimpleNamespace(datamodule=data)
+
+
+def test_reference_bank_basis_drops_the_targets_prompts_keeps_earlier_erasures_and_near_duplicates_go(module, make_data):
+    trainer = serving_picasso_after_van_gogh(module, make_data)
+    projection = GradientProjection(basis="reference_bank")
+    labels, vectors = projection.protected_directions(trainer, module)
+    bank = reference_bank(tiny_vocabulary())
+    allowed = [p for p in bank if "Picasso" not in p.mentions]
+    naming_picasso = [p for p in bank if "Picasso" in p.caption]
+    assert len(allowed) == 200 - len(naming_picasso) and len(naming_picasso) > 3  # 3 one-concept prompts + full captions
+    assert labels[0] == "Van Gogh" and not any("Picasso" in label for label in labels)
+    assert set(labels[1:]) <= {p.caption for p in allowed}
+    # every column is what the documentation says: a prompt's concept tokens, averaged
+    by_caption = {p.caption: p for p in allowed}
+    expected = torch.cat([embed(module, ["Van Gogh"]), bank_embeddings(module.backbone, [by_caption[c] for c in labels[1:]]).float()])
+    torch.testing.assert_close(vectors, expected)
+    # near-duplicates: no two kept columns closer than 0.95; every prompt left out has a kept one closer
+    unit = torch.nn.functional.normalize(vectors, dim=-1)
+    cosines = unit @ unit.T - 2 * torch.eye(len(labels))
+    assert float(cosines.max()) <= 0.95
+    dropped = [p for p in allowed if p.caption not in set(labels)]
+    assert dropped, "the tiny world's bank has near-duplicates"
+    dropped_unit = torch.nn.functional.normalize(bank_embeddings(module.backbone, dropped).float(), dim=-1)
+    assert float((dropped_unit @ unit.T).max(dim=1).values.min()) > 0.95
+    projection.on_request_start(trainer, module)
+    assert projection.protected == labels and projection.basis.shape == (384, len(labels))
+    assert GradientProjection(basis="reference_bank", protect_unlearned=False).protected_directions(trainer, module)[0][0] != "Van Gogh"
+    # a listed vocabulary is the bank's concept list (the world still says which kind each is)
+    listed = GradientProjection(basis="reference_bank", vocabulary=["circle", "Monet", "Picasso"], protect_unlearned=False)
+    labels, _ = listed.protected_directions(trainer, module)
+    assert labels[:2] == ["An image in the style of Monet", "An image of a circle"]
+    assert all(("Monet" in label or "circle" in label) and "Picasso" not in label for label in labels)
+
+
+def test_template_basis_adds_one_column_per_shared_template_word(module, make_data):
+    trainer = serving_picasso_after_van_gogh(module, make_data)
+    similar, similar_vectors = GradientProjection().protected_directions(trainer, module)
+    labels, vectors = GradientProjection(basis="template").protected_directions(trainer, module)
+    words = ["'a' of 'a {object} in {style} style'", "'in' of 'a {object} in {style} style'",
+             "'style' of 'a {object} in {style} style'", "'a' of 'a painting in {style} style'",
+             "'painting' of 'a painting in {style} style'", "'in' of 'a painting in {style} style'",
+             "'style' of 'a painting in {style} style'", "'a' of 'a {object}'"]
+    assert labels == [*similar, *words] and "Van Gogh" in similar
+    torch.testing.assert_close(vectors[: len(similar)], similar_vectors)
+    # "a" of "a {object}": the first token's state, averaged over every object's caption
+    states, _ = module.backbone.encode_text([f"a {o}" for o in tiny_vocabulary().objects])
+    torch.testing.assert_close(vectors[-1], states[:, 1].mean(0).float().cpu())
+    # "style" of the full caption, over the 15 retained styles x 12 objects (Picasso is the target)
+    vocab = tiny_vocabulary()
+    captions = [f"a {o} in {s} style" for s in vocab.styles if s != "Picasso" for o in vocab.objects]
+    states, _ = module.backbone.encode_text(captions)
+    last = [1 + module.backbone.count_tokens(c) - 1 for c in captions]  # "style" is one token, the last
+    torch.testing.assert_close(vectors[len(similar) + 2], torch.stack([states[i, j] for i, j in enumerate(last)]).mean(0).float().cpu())
+
+
+def test_an_unknown_basis_is_a_named_error(cli_error, tmp_path):
+    line = cli_error(["unlearn", "--config", "configs/tinyworld/ca_styles_sequential.yaml",
+                      "--trainer.callbacks+=configs/callbacks/projection_update.yaml",
+                      "--trainer.callbacks.init_args.basis=bank", f"--stream.run_dir={tmp_path / 'run'}"])
+    assert line == ("error: lightning_unlearn.callbacks.gradient_projection.GradientProjection init_args.basis must be "
+                    "one of ['similar', 'reference_bank', 'template'], got 'bank'")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ProjectionBasisError):
+        GradientProjection(basis="Reference_Bank")
+
+
+@pytest.mark.parametrize("basis", ["reference_bank", "template"])
+def test_update_mode_keeps_w_v_fixed_for_every_column_of_the_other_bases(module, serve, make_data, basis):
+    module.optimizer_factory = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.5)
+    data = make_data(["Van Gogh", "Picasso"])
+    serve(module, data, [], stop_after=1)  # Van Gogh erased without projection
+    start = {k: w.detach().clone() for k, w in kv_weights(module).items()}
+    projection = GradientProjection(mode="update", basis=basis)
+    serve(module, data, [projection], start=1)
+    assert projection.protected[0] == "Van Gogh" and len(projection.protected) > 8
+    columns = projection.basis.T  # [m, 384], checked against the documented columns above
+    target = embed(module, ["Picasso"])
+    for k, w in kv_weights(module).items():
+        change = w.detach() - start[k]
+        assert float(change.norm()) > 1e-3, k
+        # Tolerance: the ridge term leaves |dW v| at ~1e-5 of |dW| |v| for the worst column.
+        worst = float((change @ columns.T).norm(dim=0).max() / (change.norm() * columns.norm(dim=1).max()))
+        assert worst < 1e-4, (k, worst)
+        assert float((change @ target.T).norm()) > 1e-2 * float(change.norm() * target.norm()), k

@@ -22,6 +22,8 @@ LABELS = [
     (GradientProjection(mode="update", similarity_threshold=0.3), "projection (update, cos ≥ 0.3)"),
     (GradientProjection(mode="gradient", similarity_threshold=None, top_n=3, protect_unlearned=False),
      "projection (gradient, 3 most similar, unlearned concepts not protected)"),
+    (GradientProjection(mode="update", basis="reference_bank"), "projection (update, reference bank of 200)"),
+    (GradientProjection(mode="update", basis="template"), "projection (update, cos ≥ 0.3, + template words)"),
     (InverseEWC(kind="l2", weight=1.6), "inverse-EWC L2, w=1.6, decay 0.7"),
     (TrajectoryRegularizer(kind="l1", weight=1.6, decay=0.5, temperature=2.0), "trajectory L1, w=1.6, decay 0.5, T=2"),
     (Replay(weight=1.0, batch=2, prompts="both"), "replay w=1, 2 prompts/step (concepts and pairs)"),
