@@ -143,3 +143,12 @@ def test_the_lora_overlay_changes_only_the_trainable_set_and_its_adapter(resolve
     model = {k: v for k, v in lora["model"].items() if k not in ("trainable", "lora")}
     assert model == {k: v for k, v in base["model"].items() if k not in ("trainable", "lora")}
     assert lora["trainer"] == base["trainer"] and lora["data"] == base["data"]
+
+
+def test_the_esd_collapse_regime_overlay_changes_only_the_learning_rate(resolve):
+    base = resolve(["--config", "configs/tinyworld/esd_styles_sequential.yaml"])
+    regime = resolve(["--config", "configs/tinyworld/esd_styles_sequential.yaml",
+                      "--config", "configs/tinyworld/esd_collapse_regime.yaml"])
+    assert base["model"]["lr"] == 5.0e-4 and regime["model"]["lr"] == 2.0e-3
+    assert {k: v for k, v in regime["model"].items() if k != "lr"} == {k: v for k, v in base["model"].items() if k != "lr"}
+    assert regime["trainer"] == base["trainer"] and regime["data"] == base["data"] and regime["stream"] == base["stream"]
