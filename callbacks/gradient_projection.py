@@ -216,7 +216,8 @@ class GradientProjection(RequestCallback):
             unlearned = [(r.concept, r.kind) for r in getattr(pl_module, "already_erased", [])
                          if r.concept not in target_names]
         everything = [*targets, *candidates, *unlearned]
-        embeddings = concept_embeddings(pl_module.backbone, vocab, everything).float().cpu()
+        # In the space attn2's keys and values read (a DiT's projected captions; a UNet's text states).
+        embeddings = concept_embeddings(pl_module.backbone, vocab, everything, attention_inputs=True).float().cpu()
         unit = F.normalize(embeddings, dim=-1)
         nt = len(targets)
         # A candidate's similarity to the erased set is its similarity to the closest target.

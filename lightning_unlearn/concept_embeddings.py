@@ -12,27 +12,38 @@ import torch
 import torch.nn.functional as F
 
 from lightning_unlearn.backbone import Backbone
+from lightning_unlearn.denoisers import cross_attention_inputs
 from lightning_unlearn.prompts import ConceptKind
 from lightning_unlearn.requests import ConceptVocabulary
 
 
 def concept_token_span(backbone: Backbone, caption: str, concept: str) -> tuple[int, int]:
-    """[start, end) token positions of ``concept`` inside ``caption`` (after the leading special token)."""
+    """[start, end) token positions of ``concept`` inside ``caption`` (after the leading special
+    tokens, if the tokenizer puts any)."""
     at = caption.find(concept)
     if at < 0:
         raise ValueError(f"concept {concept!r} does not occur in caption {caption!r}")
     before = backbone.count_tokens(caption[:at].strip()) if caption[:at].strip() else 0
     inside = backbone.count_tokens((caption[:at] + concept).strip()) - before
-    return 1 + before, 1 + before + inside
+    lead = backbone.leading_special_tokens
+    return lead + before, lead + before + inside
 
 
 @torch.no_grad()
 def concept_embeddings(
-    backbone: Backbone, vocabulary: ConceptVocabulary, concepts: list[tuple[str, ConceptKind]]
+    backbone: Backbone, vocabulary: ConceptVocabulary, concepts: list[tuple[str, ConceptKind]],
+    attention_inputs: bool = False,
 ) -> torch.Tensor:
-    """[N, D] token-state means of each (concept, kind) in its concept-only caption."""
+    """[N, D] token-state means of each (concept, kind) in its concept-only caption.
+
+    ``attention_inputs``: the states as the denoiser's cross-attention keys and values take them
+    (after a DiT's caption projection; the text encoder's states themselves on a UNet), so that
+    a direction here is one ``attn2.to_k`` / ``to_v`` multiplies.
+    """
     captions = [vocabulary.templates.concept_prompt(c, k) for c, k in concepts]
     states, _ = backbone.encode_text(captions)
+    if attention_inputs:
+        states = cross_attention_inputs(backbone.unet, states)
     rows = []
     for i, (caption, (concept, _)) in enumerate(zip(captions, concepts)):
         start, end = concept_token_span(backbone, caption, concept)
