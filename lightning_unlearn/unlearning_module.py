@@ -82,7 +82,7 @@ class UnlearningModule(LightningModule):
         compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off",
         channels_last: bool = False,
         fused_optimizer: bool = False,
-        backbone: Literal["tinyworld", "tinyworld-dit"] = "tinyworld",
+        backbone: str = "tinyworld",
     ) -> None:
         """
         Args:

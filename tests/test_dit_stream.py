@@ -91,4 +91,5 @@ def _numbers(tree):
 def test_an_unknown_backbone_is_named(tmp_path, cli_error, value):
     line = cli_error(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
                       f"--model.backbone={value}", f"--stream.run_dir={tmp_path / 'run'}"])
-    assert "backbone" in line
+    assert f"--model.backbone must be one of tinyworld, tinyworld-dit, got {value!r}" in line
+    assert not (tmp_path / "run").exists()

@@ -96,7 +96,10 @@ class TinyUNetPretraining(LightningModule):
                     f"{self.objective.name}: set it to 0"
                 )
             self.register_buffer("snr", alphas / (1.0 - alphas), persistent=False)
-        self._classifier: TinyWorldClassifier | None = None
+        # The judge stays out of the module tree (set through __dict__ when first needed): as a
+        # submodule it entered every checkpoint after the first validation, and resuming from
+        # one failed on its unexpected keys.
+        self.__dict__["_classifier"] = None
         self._started = time.time()
         self.last_eval: dict[str, float] = {}
 
@@ -165,7 +168,7 @@ class TinyUNetPretraining(LightningModule):
         if batch_idx > 0 or not DEFAULT_CLASSIFIER_PATH.exists():
             return
         if self._classifier is None:
-            self._classifier = TinyWorldClassifier.load().to(self.device)
+            self.__dict__["_classifier"] = TinyWorldClassifier.load().to(self.device)
         images, styles, objects = self.sample_grid()
         style_logits, object_logits = self._classifier(images)
         self.last_eval = {
@@ -182,6 +185,12 @@ class TinyUNetPretraining(LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
             self.export()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints written before the judge left the module tree still hold its weights.
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("_classifier.")]:
+            del state[key]
 
     def on_train_end(self) -> None:
         self.export()
