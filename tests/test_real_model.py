@@ -30,17 +30,22 @@ def test_bad_model_paths_are_named(tmp_path, tiny_sd_folder):
     assert check_diffusers_folder(tiny_sd_folder) == tiny_sd_folder
 
 
-def test_stream_runs_on_a_diffusers_folder_with_clip_scoring(tmp_path, tiny_sd_folder, tiny_clip_folder):
-    run = tmp_path / "run"
+def run_short_stream(pretrained, classifier, run, *extra: str) -> None:
+    """Two ESD requests (kv-xattn, 3 steps) on ``pretrained``, scored by the CLIP folder ``classifier``."""
     main([
         "unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
-        f"--model.pretrained={tiny_sd_folder}", "--model.trainable=kv-xattn",
+        f"--model.pretrained={pretrained}", "--model.trainable=kv-xattn",
         "--data.styles=[Van Gogh, Monet, Cubism]", "--data.objects=[cat, dog]",
         "--data.requests=[Van Gogh, Monet]", "--data.steps_per_request=3", "--data.batch_size=2",
         "--model.method.init_args.ddim_steps=3", "--model.method.init_args.bank_trajectories=2",
-        "--stream.evaluation.steps=2", "--stream.evaluation.seeds_per_prompt=2",
-        f"--stream.evaluation.classifier={tiny_clip_folder}", f"--stream.run_dir={run}",
+        "--stream.evaluation.steps=2", f"--stream.evaluation.classifier={classifier}", f"--stream.run_dir={run}",
+        *extra,
     ])
+
+
+def test_stream_runs_on_a_diffusers_folder_with_clip_scoring(tmp_path, tiny_sd_folder, tiny_clip_folder):
+    run = tmp_path / "run"
+    run_short_stream(tiny_sd_folder, tiny_clip_folder, run, "--stream.evaluation.seeds_per_prompt=2")
     rows = json.loads((run / "results.json").read_text())
     assert [r["concept"] for r in rows] == ["base", "Van Gogh", "Monet"]
     weights = load_file(str(run / "requests" / "02-monet" / "weights.safetensors"))
@@ -79,16 +84,8 @@ def test_a_pixart_folder_loads_as_a_dit_with_an_epsilon_objective_and_no_sigma_c
 
 def test_stream_runs_on_a_pixart_folder_with_projection(tmp_path, tiny_pixart_folder, tiny_clip_folder):
     run = tmp_path / "run"
-    main([
-        "unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
-        f"--model.pretrained={tiny_pixart_folder}", "--model.trainable=kv-xattn",
-        "--data.styles=[Van Gogh, Monet, Cubism]", "--data.objects=[cat, dog]",
-        "--data.requests=[Van Gogh, Monet]", "--data.steps_per_request=3", "--data.batch_size=2",
-        "--model.method.init_args.ddim_steps=3", "--model.method.init_args.bank_trajectories=2",
-        "--stream.evaluation.steps=2", "--stream.evaluation.seeds_per_prompt=1",
-        "--trainer.callbacks+=configs/callbacks/projection_update.yaml",
-        f"--stream.evaluation.classifier={tiny_clip_folder}", f"--stream.run_dir={run}",
-    ])
+    run_short_stream(tiny_pixart_folder, tiny_clip_folder, run, "--stream.evaluation.seeds_per_prompt=1",
+                     "--trainer.callbacks+=configs/callbacks/projection_update.yaml")
     rows = json.loads((run / "results.json").read_text())
     assert [r["concept"] for r in rows] == ["base", "Van Gogh", "Monet"]
     weights = load_file(str(run / "requests" / "02-monet" / "weights.safetensors"))
