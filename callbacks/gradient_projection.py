@@ -282,7 +282,7 @@ class GradientProjection(RequestCallback):
         labels = [c for c, _ in unlearned] + [p.caption for p in bank]
         parts = []
         if unlearned:
-            parts.append(concept_embeddings(pl_module.backbone, vocab, unlearned).float().cpu())
+            parts.append(concept_embeddings(pl_module.backbone, vocab, unlearned, attention_inputs=True).float().cpu())
         if bank:
             parts.append(bank_embeddings(pl_module.backbone, bank).float().cpu())
         if not parts:
@@ -305,7 +305,8 @@ class GradientProjection(RequestCallback):
         names = self.vocabulary if self.vocabulary is not None else [*vocab.styles, *vocab.objects]
         candidates = [(c, kind_of(c)) for c in dict.fromkeys(names) if c not in target_names]
         everything = [*targets, *candidates, *unlearned]
-        embeddings = concept_embeddings(pl_module.backbone, vocab, everything).float().cpu()
+        # In the space attn2's keys and values read (a DiT's projected captions; a UNet's text states).
+        embeddings = concept_embeddings(pl_module.backbone, vocab, everything, attention_inputs=True).float().cpu()
         unit = F.normalize(embeddings, dim=-1)
         nt = len(targets)
         # A candidate's similarity to the erased set is its similarity to the closest target.

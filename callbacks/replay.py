@@ -169,7 +169,7 @@ class Replay(RequestCallback):
         base = REPLAY_SEED_OFFSET + pl_module.request_seed * 1_000_003 + step * self.batch
         seeds = torch.arange(base, base + self.batch)
         index = per_sample_randint(seeds, len(self.bank))
-        timesteps = int(pl_module.backbone.training_scheduler().config.num_train_timesteps)
+        timesteps = pl_module.backbone.objective.num_train_timesteps
         t = per_sample_randint(seeds + TIMESTEP_SEED_OFFSET, timesteps)
         noise = seeded_noise(seeds, pl_module.backbone.latent_shape)
         return [self.bank[int(i)] for i in index], noise, t

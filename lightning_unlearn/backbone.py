@@ -1,12 +1,18 @@
-"""The backbone: a UNet, a frozen text encoder, a latent codec and a noise schedule.
+"""The backbone: a denoiser, a frozen text encoder, a latent codec and a training objective.
 
 Everything downstream (methods, regularizers, evaluation) talks to a :class:`Backbone` and
 never needs to know whether it runs the tiny world or a Stable Diffusion folder:
 
 - :class:`DiffusersBackbone`: a diffusers-format Stable Diffusion (1.x / 2.x) folder (UNet, VAE,
   CLIP text encoder + tokenizer, scheduler), loaded from disk only, from safetensors only.
-- ``lightning_unlearn.tinyworld.backbone.TinyWorldBackbone``: the shipped tiny UNet; it lives
-  with its world, which builds on this module (never the other way round).
+- ``lightning_unlearn.tinyworld.backbone.TinyWorldBackbone``: the shipped tiny UNet (and
+  ``TinyDiTBackbone``, the shipped tiny DiT); they live with their world, which builds on this
+  module (never the other way round).
+
+The denoiser is ``backbone.unet`` whatever its architecture (a ``UNet2DConditionModel`` or a
+:class:`~lightning_unlearn.denoisers.CrossAttentionDiT`, called the same way); the objective
+(:mod:`lightning_unlearn.objectives`: epsilon prediction or flow matching) says how it noises,
+what it predicts and how it is sampled.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from torch import nn
 
 from lightning_unlearn.errors import UnlearnError
+from lightning_unlearn.objectives import DiffusionObjective, EpsilonObjective, Scheduler
 from lightning_unlearn.unet_weights import CONVERT_HINT, PICKLED_SUFFIXES
 
 
@@ -28,14 +35,31 @@ class ModelPathError(UnlearnError, ValueError):
     exist, is not a pipeline this project supports, or holds pickled weights only."""
 
 
-SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "Stable Diffusion 1.x / 2.x"}
+SUPPORTED_PIPELINES = {
+    "StableDiffusionPipeline": "Stable Diffusion 1.x / 2.x",
+    "PixArtAlphaPipeline": "PixArt-alpha, a DiT with T5 text",
+    "PixArtSigmaPipeline": "PixArt-sigma, a DiT with T5 text",
+}
 """``_class_name`` values of ``model_index.json`` the diffusers backbone serves. Other families
-(SDXL's second text encoder and size conditioning, SD3 / Flux / PixArt / Sana transformers)
-would load partly and crash mid-run, so they are refused up front."""
+(SDXL's second text encoder and size conditioning, SD3's and Flux's joint attention, which has no
+separate text-side cross-attention to edit, Sana's linear attention and Gemma text) would load
+partly and crash mid-run, so they are refused up front."""
 
-PIPELINE_WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
-"""Components of a Stable Diffusion folder that hold weights, and the stem of their weights file
-(diffusers models: ``diffusion_pytorch_model``; transformers models: ``model``)."""
+DENOISER_COMPONENT = {"StableDiffusionPipeline": "unet", "PixArtAlphaPipeline": "transformer",
+                      "PixArtSigmaPipeline": "transformer"}
+"""Folder of each supported family's denoiser (a UNet or a PixArt transformer)."""
+
+PIXART_MAX_TOKENS = 120
+"""Captions are padded or cut to this many T5 tokens on PixArt (PixArt-alpha's length; Sigma
+allows 300, but padded positions are masked out of cross-attention, so a short prompt's
+prediction does not depend on it)."""
+
+
+def pipeline_weights(family: str) -> dict[str, str]:
+    """Components of a ``family`` folder that hold weights, and the stem of their weights file
+    (diffusers models: ``diffusion_pytorch_model``; transformers models: ``model``)."""
+    return {DENOISER_COMPONENT[family]: "diffusion_pytorch_model", "vae": "diffusion_pytorch_model",
+            "text_encoder": "model"}
 
 
 def check_safetensors_weights(folder: Path, stem: str) -> None:
@@ -58,7 +82,10 @@ def check_safetensors_weights(folder: Path, stem: str) -> None:
 class Backbone(nn.Module):
     """Common interface of the tiny world and Stable Diffusion backbones."""
 
-    unet: UNet2DConditionModel
+    unet: nn.Module
+    """The denoiser (a UNet or a DiT), called as a ``UNet2DConditionModel`` is."""
+    objective: DiffusionObjective
+    """How the denoiser was trained: noising, regression target, samplers."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -101,6 +128,10 @@ class Backbone(nn.Module):
         states, mask = self._encode_uncached(list(captions))
         return states.to(self.device), None if mask is None else mask.to(self.device)
 
+    leading_special_tokens = 1
+    """Special tokens the tokenizer puts before a caption's text (CLIP's and MiniLM's start
+    token; none for T5)."""
+
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` becomes, special tokens excluded."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -124,16 +155,16 @@ class Backbone(nn.Module):
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    # -- noise schedule ---------------------------------------------------------------------
-    def training_scheduler(self) -> DDPMScheduler:
-        """The forward-noising schedule the UNet was trained with."""
-        return DDPMScheduler.from_config(self.scheduler_config)
+    # -- objective --------------------------------------------------------------------------
+    @property
+    def scheduler_config(self) -> dict:
+        """The objective's defining settings (an epsilon model's diffusers scheduler config)."""
+        return self.objective.config
 
-    def sampling_scheduler(self) -> DDIMScheduler:
-        """A fresh DDIM sampler over the same schedule (stateful: one per sampling loop)."""
-        return DDIMScheduler.from_config(self.scheduler_config)
-
-    scheduler_config: dict
+    def sampling_scheduler(self) -> Scheduler:
+        """A fresh first-order deterministic sampler of the objective (DDIM; flow-matching Euler
+        for a flow model); stateful: one per sampling loop."""
+        return self.objective.sampling_scheduler()
 
 
 def check_clip_folder(path: str | Path) -> Path:
@@ -167,45 +198,73 @@ def check_diffusers_folder(path: str | Path) -> Path:
             f"{path} holds a {family or 'pipeline of unnamed class'} (model_index.json _class_name), which this "
             f"project does not support; supported: {supported}"
         )
-    needed = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    needed = (DENOISER_COMPONENT[family], "vae", "text_encoder", "tokenizer", "scheduler")
     lacking = [name for name in needed if name not in index or not (path / name).is_dir()]
     if lacking:
         raise ModelPathError(f"diffusers folder {path} lacks the components {lacking}")
-    for component, stem in PIPELINE_WEIGHTS.items():
+    for component, stem in pipeline_weights(family).items():
         check_safetensors_weights(path / component, stem)
     return path
 
 
+def pipeline_family(path: str | Path) -> str:
+    """``_class_name`` of a folder :func:`check_diffusers_folder` accepted."""
+    return str(json.loads((Path(path) / "model_index.json").read_text())["_class_name"])
+
+
 class DiffusersBackbone(Backbone):
-    """A Stable Diffusion 1.x / 2.x folder (``StableDiffusionPipeline``): UNet, VAE, CLIP text
-    encoder + tokenizer, scheduler; weights from safetensors only (pickled folders are refused)."""
+    """A diffusers pipeline folder: a Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``:
+    UNet, CLIP text) or a PixArt-alpha / -sigma (``PixArtAlphaPipeline``, ``PixArtSigmaPipeline``:
+    a :class:`~lightning_unlearn.denoisers.CrossAttentionDiT`, T5 text, its learned-variance
+    channels dropped), with its VAE and scheduler; weights from safetensors only (pickled folders
+    are refused). Both families are epsilon-prediction models: the objective comes from the
+    folder's scheduler config, whatever the architecture."""
 
     def __init__(self, pretrained: str | Path, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel, CLIPTokenizer
 
         path = check_diffusers_folder(pretrained)
+        self.family = pipeline_family(path)
         # use_safetensors=True: diffusers and transformers would otherwise fall back to unpickling
         # a .bin; the folder check above has already refused such folders by name.
-        self.unet = UNet2DConditionModel.from_pretrained(
-            path, subfolder="unet", local_files_only=True, use_safetensors=True
-        )
+        if self.family == "StableDiffusionPipeline":
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            self.unet = UNet2DConditionModel.from_pretrained(
+                path, subfolder="unet", local_files_only=True, use_safetensors=True
+            )
+            text_encoder = CLIPTextModel.from_pretrained(
+                path, subfolder="text_encoder", local_files_only=True, torch_dtype=dtype, use_safetensors=True
+            )
+            tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
+            self.max_tokens = int(tokenizer.model_max_length)
+        else:
+            from transformers import AutoTokenizer, T5EncoderModel
+
+            from lightning_unlearn.denoisers import CrossAttentionDiT
+
+            self.unet = CrossAttentionDiT.from_pretrained(
+                path, subfolder="transformer", local_files_only=True, use_safetensors=True
+            )
+            text_encoder = T5EncoderModel.from_pretrained(
+                path, subfolder="text_encoder", local_files_only=True, torch_dtype=dtype, use_safetensors=True
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
+            self.max_tokens = PIXART_MAX_TOKENS
+            self.leading_special_tokens = 0  # T5 puts no start token before the caption
         vae = AutoencoderKL.from_pretrained(
             path, subfolder="vae", local_files_only=True, torch_dtype=dtype, use_safetensors=True
         )
-        text_encoder = CLIPTextModel.from_pretrained(
-            path, subfolder="text_encoder", local_files_only=True, torch_dtype=dtype, use_safetensors=True
-        )
-        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
         vae.requires_grad_(False).eval()
         text_encoder.requires_grad_(False).eval()
         # Frozen helpers live outside the module tree: never trained, never checkpointed.
         self.__dict__.update(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
         sched = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
         keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "steps_offset")
-        self.scheduler_config = {k: sched[k] for k in keep if k in sched}
-        self.scheduler_config["clip_sample"] = False
+        config = {k: sched[k] for k in keep if k in sched}
+        config["clip_sample"] = False
+        self.objective = EpsilonObjective(config)
         self.scaling_factor = float(vae.config.scaling_factor)
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
 
@@ -228,11 +287,16 @@ class DiffusersBackbone(Backbone):
             captions,
             padding="max_length",
             truncation=True,
-            max_length=self.tokenizer.model_max_length,
+            max_length=self.max_tokens,
             return_tensors="pt",
         )
-        states = self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
-        return states.float(), None
+        ids = tokens.input_ids.to(self.text_encoder.device)
+        if self.family == "StableDiffusionPipeline":
+            # Stable Diffusion attends to every position, padding included (as it was trained).
+            return self.text_encoder(ids)[0].float(), None
+        # PixArt masks the padding out of T5 and out of its cross-attention, as its pipeline does.
+        mask = tokens.attention_mask.to(self.text_encoder.device)
+        return self.text_encoder(ids, attention_mask=mask)[0].float(), mask
 
     def images_to_latents(self, images: torch.Tensor) -> torch.Tensor:
         self._follow_unet()
@@ -244,3 +308,5 @@ class DiffusersBackbone(Backbone):
         self._follow_unet()
         vae_dtype = next(self.vae.parameters()).dtype
         return self.vae.decode((latents / self.scaling_factor).to(vae_dtype)).sample.float().clamp(-1, 1)
+
+

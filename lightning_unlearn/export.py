@@ -48,6 +48,11 @@ class ExportExistsError(UnlearnError, FileExistsError):
     """``--out`` exists and is not empty (pass ``--overwrite`` to replace it)."""
 
 
+class ExportUnsupportedError(UnlearnError, ValueError):
+    """The run's backbone is a transformer (the tiny DiT, a PixArt folder): export writes UNet
+    pipelines only; its weights stay in the run folder (safetensors, the ledger's sha256)."""
+
+
 @dataclass(frozen=True)
 class ExportPlan:
     """What one export reads: checked before anything is loaded or written."""
@@ -137,9 +142,16 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 def check_base(plan: ExportPlan) -> None:
     """A named error if the base model the run started from is no longer where its config says."""
-    from lightning_unlearn.backbone import ModelPathError, check_diffusers_folder
+    from lightning_unlearn.backbone import ModelPathError, check_diffusers_folder, pipeline_family
     from lightning_unlearn.unet_weights import UnetWeightsError, resolve_unet_weights
 
+    backbone = (plan.config.get("model") or {}).get("backbone") or "tinyworld"
+    if backbone != "tinyworld":
+        raise ExportUnsupportedError(
+            f"{plan.folder.path} unlearned --model.backbone={backbone}, a diffusion transformer: export writes UNet "
+            f"pipelines only; request {plan.number}'s weights are {plan.folder.path / plan.entry[plan.weights_key]} "
+            "(safetensors over the shipped tiny_dit.safetensors)"
+        )
     if plan.pretrained:
         if not Path(plan.pretrained).exists():
             raise ModelPathError(
@@ -147,6 +159,12 @@ def check_base(plan: ExportPlan) -> None:
                 "does not exist here: export where that folder is, or put it back at that path"
             )
         check_diffusers_folder(plan.pretrained)
+        family = pipeline_family(plan.pretrained)
+        if family != "StableDiffusionPipeline":
+            raise ExportUnsupportedError(
+                f"the run's base model {plan.pretrained} is a {family}: export writes Stable Diffusion pipelines "
+                f"only; request {plan.number}'s weights are {plan.folder.path / plan.entry[plan.weights_key]}"
+            )
     if plan.unet_weights:
         if not Path(plan.unet_weights).exists():
             raise UnetWeightsError(

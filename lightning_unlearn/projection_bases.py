@@ -29,6 +29,7 @@ import torch
 
 from lightning_unlearn.backbone import Backbone
 from lightning_unlearn.concept_embeddings import phrase_embeddings, text_token_span
+from lightning_unlearn.denoisers import cross_attention_inputs
 from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.prompts import ConceptKind
 from lightning_unlearn.requests import ConceptVocabulary
@@ -137,8 +138,9 @@ def reference_bank(vocabulary: ConceptVocabulary, size: int = BANK_SIZE) -> list
 
 
 def bank_embeddings(backbone: Backbone, bank: list[BankPrompt]) -> torch.Tensor:
-    """[len(bank), D]: each prompt's concept-token states, averaged."""
-    return phrase_embeddings(backbone, [(p.caption, p.concept) for p in bank])
+    """[len(bank), D]: each prompt's concept-token states, averaged, as cross-attention reads them
+    (a DiT's projected captions; a UNet's text states)."""
+    return phrase_embeddings(backbone, [(p.caption, p.concept) for p in bank], attention_inputs=True)
 
 
 def template_words(template: str, values: dict[str, str]) -> tuple[str, list[tuple[str, int, int]]]:
@@ -184,6 +186,8 @@ def template_word_embeddings(
         if not filled[0][1]:
             continue  # a template that is only a placeholder shares no word
         states, _ = backbone.encode_text([caption for caption, _ in filled])
+        # In the space attn2's keys and values read (a DiT's projected captions; a UNet's text states).
+        states = cross_attention_inputs(backbone.unet, states)
         for w, (word, _, _) in enumerate(filled[0][1]):
             means = []
             for i, (caption, words) in enumerate(filled):

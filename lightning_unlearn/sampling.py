@@ -1,7 +1,8 @@
 """Guided sampling: classifier-free guidance in one batched UNet call per step.
 
 - :func:`ddim_sample` serves ESD (stop part-way and return x_t, the point of the frozen
-  model's own trajectory that the ESD loss is computed at) and DDIM evaluation;
+  model's own trajectory that the ESD loss is computed at) and DDIM evaluation; it runs the
+  backbone objective's first-order sampler (DDIM, or flow-matching Euler on a flow model);
 - :func:`guided_sample` samples to x_0 with a named solver: ``ddim`` or ``dpm++``
   (DPM-Solver++ 2M, deterministic, multistep: one UNet call per step like DDIM, but second
   order, so about half the steps reach the same images).
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 
 from lightning_unlearn.backbone import Backbone
+from lightning_unlearn.objectives import SAMPLERS, Scheduler  # noqa: F401  (SAMPLERS re-exported)
 
 
 @dataclass
@@ -64,7 +66,8 @@ def per_sample_randint(seeds: torch.Tensor, high: int) -> torch.Tensor:
 
 
 def predict_noise(unet: UNet2DConditionModel, latents: torch.Tensor, t: torch.Tensor, cond: TextCondition) -> torch.Tensor:
-    """eps(x_t, t, c) for a batch; ``t`` is a scalar or [B] tensor of timesteps."""
+    """The denoiser's output at (x_t, t, c) for a batch -- epsilon for an epsilon model, the
+    velocity for a flow model (the backbone's objective); ``t`` is a scalar or [B] tensor."""
     if t.ndim == 0:
         t = t.expand(latents.shape[0])
     dtype = next(unet.parameters()).dtype
@@ -130,7 +133,7 @@ def ddim_sample(
 
 
 def guided_trajectory(
-    scheduler: DDIMScheduler | DPMSolverMultistepScheduler,
+    scheduler: Scheduler,
     unet: UNet2DConditionModel,
     latents: torch.Tensor,
     cond: TextCondition,
@@ -153,36 +156,14 @@ def guided_trajectory(
     return latents
 
 
-DPM_MIN_HALF_LOG_SNR = -2.57
-"""log(alpha_t / sigma_t) where DPM-Solver++ grids start: alpha_bar = 0.0058, the noise level of
-t = 950 of the tiny world's schedule (the first step of 20-step DDIM). On Stable Diffusion's
-scaled-linear schedule the grid starts at t = 980 instead of 999 (50-step DDIM starts at 981)."""
-
 Sampler = Literal["ddim", "dpm++"]
-"""Solvers :func:`guided_sample` knows."""
-SAMPLERS: tuple[str, ...] = ("ddim", "dpm++")
+"""Solvers :func:`guided_sample` knows (the backbone's objective builds them)."""
 
 
-def solver_scheduler(backbone: Backbone, sampler: Sampler) -> DDIMScheduler | DPMSolverMultistepScheduler:
-    """A fresh scheduler of the named solver over the backbone's noise schedule.
-
-    ``dpm++`` is DPM-Solver++ (data prediction) of order 2, multistep, without noise; as the
-    DPM-Solver++ paper recommends below 15 steps, the last steps fall back to lower order.
-    Its evenly spaced grid starts at the last timestep whose half log-SNR is at least
-    :data:`DPM_MIN_HALF_LOG_SNR` (t = 949 on the tiny world, where 20-step DDIM starts).
-    Unclipped it would start at t = T - 1, where the tiny world's capped cosine schedule has
-    alpha_bar ~ 2e-9: samples from there were classified 60% / 20% (style / object); from
-    DDIM's ``leading`` grid (t = 888 at 8 steps) the base scored 100% / 97% but an unlearned
-    checkpoint's IRA / CRA 6 points above DDIM 20's; from t = 949 within 2 points.
-    """
-    if sampler == "ddim":
-        return backbone.sampling_scheduler()
-    if sampler == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(
-            backbone.scheduler_config, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
-            lambda_min_clipped=DPM_MIN_HALF_LOG_SNR,
-        )
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+def solver_scheduler(backbone: Backbone, sampler: Sampler) -> Scheduler:
+    """A fresh scheduler of the named solver for the backbone's objective (see
+    :meth:`~lightning_unlearn.objectives.DiffusionObjective.solver_scheduler`)."""
+    return backbone.objective.solver_scheduler(sampler)
 
 
 @torch.no_grad()
@@ -211,5 +192,6 @@ def guided_sample(
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     scheduler = solver_scheduler(backbone, sampler)
     scheduler.set_timesteps(num_steps, device=noise.device)
-    latents = noise * scheduler.init_noise_sigma
+    # Flow-matching schedulers start at unit noise and have no init_noise_sigma.
+    latents = noise * getattr(scheduler, "init_noise_sigma", 1.0)
     return guided_trajectory(scheduler, unet, latents, cond, uncond, guidance, scheduler.timesteps)

@@ -26,6 +26,7 @@ from torch import nn
 
 from lightning_unlearn.backbone import Backbone
 from lightning_unlearn.concept_embeddings import concept_embeddings, cosine_matrix
+from lightning_unlearn.denoisers import cross_attention_inputs
 from lightning_unlearn.requests import ConceptVocabulary, Request
 
 
@@ -45,7 +46,8 @@ def kv_output_change(
 ) -> tuple[list[float], list[float]]:
     """Relative change of the cross-attention K and V outputs for each caption (pooled over layers)."""
     states, mask = backbone.encode_text(captions)
-    states = states.float()
+    # What the key/value weights multiply: a DiT's projected captions (the model before the request's).
+    states = cross_attention_inputs(before, states).float()
     valid = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool()
     old = dict(before.named_parameters())
     num = {"to_k": torch.zeros(len(captions), dtype=torch.float64), "to_v": torch.zeros(len(captions), dtype=torch.float64)}

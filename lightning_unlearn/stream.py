@@ -183,6 +183,8 @@ class StreamRunner:
             "protocol_label": protocol_label(self.settings.protocol, self.settings.merge, simultaneous),
             "merge": asdict(self.settings.merge) if self.settings.merge is not None else None,
             "method": type(self.module.method).__name__,
+            # The denoiser's architecture and training objective: UNet2DConditionModel (epsilon), CrossAttentionDiT (flow-matching)...
+            "backbone": f"{type(self.module.unet).__name__} ({self.module.backbone.objective.name})",
             "trainable": self.module.trainable,
             # Each callback's label, class and settings (callbacks.base.RequestCallback.label).
             "callbacks": [cb.run_info_entry() for cb in request_callbacks(self.trainer)],

@@ -29,7 +29,7 @@ from lightning_unlearn.methods import ESD, MethodContext, UnlearningMethod
 from lightning_unlearn.protocols import RequestPlan
 from lightning_unlearn.requests import ConceptVocabulary, Request
 # The module picks the tiny world when no --model.pretrained is given: it sits above both.
-from lightning_unlearn.tinyworld.backbone import TinyWorldBackbone
+from lightning_unlearn.tinyworld.backbone import TinyDiTBackbone, TinyWorldBackbone
 from lightning_unlearn.tinyworld.concepts import tiny_vocabulary
 from lightning_unlearn.trainable import apply_trainable
 from lightning_unlearn.unet_weights import UnetWeightsError, load_unet_weights
@@ -38,6 +38,9 @@ REFERENCE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
 }
 """``--model.reference_dtype`` choices: the dtype the frozen reference UNet is held in."""
+
+TINY_BACKBONES: dict[str, type[TinyWorldBackbone]] = {"tinyworld": TinyWorldBackbone, "tinyworld-dit": TinyDiTBackbone}
+"""``--model.backbone`` choices: the tiny world's UNet (epsilon prediction) or its DiT (flow matching)."""
 
 COMPILE_MODES: tuple[str, ...] = ("off", "default", "reduce-overhead", "max-autotune")
 """``--model.compile`` choices: ``off``, or the ``torch.compile`` mode the UNets are compiled with."""
@@ -79,14 +82,16 @@ class UnlearningModule(LightningModule):
         compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off",
         channels_last: bool = False,
         fused_optimizer: bool = False,
+        backbone: str = "tinyworld",
     ) -> None:
         """
         Args:
             method: the unlearning loss (default: ``ESD()``).
-            pretrained: a diffusers-format Stable Diffusion 1.x / 2.x folder (``model_index.json``
-                ``_class_name`` StableDiffusionPipeline; SDXL, SD3, Flux, PixArt, Sana and other
-                families are refused) with safetensors weights (pickled ``.bin`` folders are
-                refused, never unpickled); unset = the tiny world.
+            pretrained: a diffusers pipeline folder with safetensors weights: Stable Diffusion
+                1.x / 2.x (``model_index.json`` ``_class_name`` StableDiffusionPipeline) or PixArt
+                (PixArtAlphaPipeline, PixArtSigmaPipeline; docs/dit.md); SDXL, SD3, Flux, Sana and
+                other families are refused, and so are pickled ``.bin`` folders (never
+                unpickled); unset = the tiny world (``backbone``).
             unet_weights: UNet weights to start from instead of the backbone's (either world): a
                 diffusers UNet folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) or
                 a safetensors state dict, full or only some keys (e.g. trained cross-attention).
@@ -118,6 +123,9 @@ class UnlearningModule(LightningModule):
             fused_optimizer: the default AdamW as one fused kernel (``fused=True``, CUDA and
                 CPU) instead of PyTorch's per-tensor or foreach loop; ignored with ``optimizer``
                 (give that one ``--model.optimizer.fused=true`` yourself).
+            backbone: the tiny world's model when ``pretrained`` is unset: ``tinyworld`` (its
+                UNet, epsilon prediction) or ``tinyworld-dit`` (its diffusion transformer, flow
+                matching; docs/dit.md).
         """
         super().__init__()
         # Checked before the backbone loads: a bad value must not cost a model load.
@@ -126,12 +134,18 @@ class UnlearningModule(LightningModule):
             raise SettingsError(f"--model.reference_dtype must be one of {sorted(REFERENCE_DTYPES)}, got {reference_dtype!r}")
         if lora is not None and trainable != LORA:
             raise SettingsError(f"--model.lora configures LoRA adapters: it needs --model.trainable=lora, not {trainable!r}")
+        if backbone not in TINY_BACKBONES:
+            raise SettingsError(f"--model.backbone must be one of {', '.join(TINY_BACKBONES)}, got {backbone!r}")
+        if pretrained and backbone != "tinyworld":
+            raise SettingsError(
+                f"--model.backbone={backbone} picks a tiny-world model, --model.pretrained a real one: give only one"
+            )
         if compile not in COMPILE_MODES:
             raise SettingsError(f"--model.compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
         self.save_hyperparameters(ignore=["method", "optimizer", "lora"])
         self.method = method if method is not None else ESD()
         self.optimizer_factory = optimizer
-        self.backbone: Backbone = DiffusersBackbone(pretrained) if pretrained else TinyWorldBackbone()
+        self.backbone: Backbone = DiffusersBackbone(pretrained) if pretrained else TINY_BACKBONES[backbone]()
         if unet_weights:
             load_unet_weights(self.unet, unet_weights)
         if gradient_checkpointing:

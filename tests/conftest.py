@@ -1,4 +1,4 @@
-"""Shared fixtures: offline everywhere, tiny random Stable Diffusion and CLIP folders."""
+"""Shared fixtures: offline everywhere, tiny random Stable Diffusion, PixArt and CLIP folders."""
 
 from __future__ import annotations
 
@@ -68,6 +68,45 @@ def tiny_sd_folder(tmp_path_factory) -> Path:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     out = root / "sd"
+    pipe.save_pretrained(out)
+    return out
+
+
+def t5_char_tokenizer():
+    """A T5 (Unigram) tokenizer over single characters, word starts marked with "\u2581" (no download)."""
+    from transformers import T5Tokenizer
+
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(c, -3.0) for c in chars] + [("\u2581" + c, -2.5) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart_folder(tmp_path_factory) -> Path:
+    """A random, tiny PixArt-sigma pipeline (DiT with learned sigma, T5 text) saved by diffusers itself."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    root = tmp_path_factory.mktemp("tiny-pixart")
+    tokenizer = t5_char_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                           num_heads=4, pad_token_id=0, eos_token_id=1))
+    # out_channels = 2 x in_channels: epsilon and the learned variance, as the released PixArt models.
+    transformer = PixArtTransformer2DModel(
+        sample_size=8, in_channels=4, out_channels=8, patch_size=2, num_layers=2, num_attention_heads=2,
+        attention_head_dim=8, cross_attention_dim=16, caption_channels=32, use_additional_conditions=False,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        sample_size=16,
+    )
+    scheduler = DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon")
+    pipe = PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                               scheduler=scheduler)
+    out = root / "pixart"
     pipe.save_pretrained(out)
     return out
 

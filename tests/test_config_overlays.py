@@ -152,3 +152,28 @@ def test_the_esd_collapse_regime_overlay_changes_only_the_learning_rate(resolve)
     assert base["model"]["lr"] == 5.0e-4 and regime["model"]["lr"] == 2.0e-3
     assert {k: v for k, v in regime["model"].items() if k != "lr"} == {k: v for k, v in base["model"].items() if k != "lr"}
     assert regime["trainer"] == base["trainer"] and regime["data"] == base["data"] and regime["stream"] == base["stream"]
+
+
+@pytest.mark.parametrize("name", ["esd_styles", "ca_styles", "esd_objects", "ca_objects"])
+def test_the_dit_overlays_change_only_the_backbone_and_the_run_folder(resolve, name):
+    base = resolve(["--config", f"configs/tinyworld/{name}_sequential.yaml"])
+    dit = resolve(["--config", f"configs/tinyworld/{name}_sequential.yaml",
+                   "--config", f"configs/tinyworld_dit/{name}_sequential.yaml"])
+    assert base["model"]["backbone"] == "tinyworld" and dit["model"]["backbone"] == "tinyworld-dit"
+    assert dit["stream"]["run_dir"] == f"runs/dit/{name}_sequential"
+    assert {**dit["model"], "backbone": "tinyworld"} == base["model"]
+    assert {**dit["stream"], "run_dir": base["stream"]["run_dir"]} == base["stream"]
+    assert dit["trainer"] == base["trainer"] and dit["data"] == base["data"]
+
+
+def test_the_backbone_study_pairs_every_unet_run_with_its_dit_twin(resolve):
+    study = Study.load(Path("configs/tinyworld_dit/study_backbones.yaml"))
+    configs = {run.name: resolve([*run.args, *study.common, f"--stream.run_dir={study.run_dir(run)}"]) for run in study.runs}
+    unet_runs = [n for n in configs if n.startswith("unet_")]
+    assert len(unet_runs) == 4 and len(configs) == 8
+    for name in unet_runs:
+        unet, dit = configs[name], configs["dit_" + name[len("unet_"):]]
+        assert (unet["model"]["backbone"], dit["model"]["backbone"]) == ("tinyworld", "tinyworld-dit")
+        assert {**dit["model"], "backbone": "tinyworld"} == unet["model"]
+        assert {**dit["stream"], "run_dir": None} == {**unet["stream"], "run_dir": None}
+        assert dit["data"] == unet["data"] and dit["data"]["requests"] == ["Abstractionism", "Byzantine", "Cartoon", "Ukiyo-e"]

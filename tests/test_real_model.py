@@ -30,17 +30,22 @@ def test_bad_model_paths_are_named(tmp_path, tiny_sd_folder):
     assert check_diffusers_folder(tiny_sd_folder) == tiny_sd_folder
 
 
-def test_stream_runs_on_a_diffusers_folder_with_clip_scoring(tmp_path, tiny_sd_folder, tiny_clip_folder):
-    run = tmp_path / "run"
+def run_short_stream(pretrained, classifier, run, *extra: str) -> None:
+    """Two ESD requests (kv-xattn, 3 steps) on ``pretrained``, scored by the CLIP folder ``classifier``."""
     main([
         "unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
-        f"--model.pretrained={tiny_sd_folder}", "--model.trainable=kv-xattn",
+        f"--model.pretrained={pretrained}", "--model.trainable=kv-xattn",
         "--data.styles=[Van Gogh, Monet, Cubism]", "--data.objects=[cat, dog]",
         "--data.requests=[Van Gogh, Monet]", "--data.steps_per_request=3", "--data.batch_size=2",
         "--model.method.init_args.ddim_steps=3", "--model.method.init_args.bank_trajectories=2",
-        "--stream.evaluation.steps=2", "--stream.evaluation.seeds_per_prompt=2",
-        f"--stream.evaluation.classifier={tiny_clip_folder}", f"--stream.run_dir={run}",
+        "--stream.evaluation.steps=2", f"--stream.evaluation.classifier={classifier}", f"--stream.run_dir={run}",
+        *extra,
     ])
+
+
+def test_stream_runs_on_a_diffusers_folder_with_clip_scoring(tmp_path, tiny_sd_folder, tiny_clip_folder):
+    run = tmp_path / "run"
+    run_short_stream(tiny_sd_folder, tiny_clip_folder, run, "--stream.evaluation.seeds_per_prompt=2")
     rows = json.loads((run / "results.json").read_text())
     assert [r["concept"] for r in rows] == ["base", "Van Gogh", "Monet"]
     weights = load_file(str(run / "requests" / "02-monet" / "weights.safetensors"))
@@ -55,3 +60,57 @@ def test_real_model_without_a_classifier_is_refused(tmp_path, tiny_sd_folder, cl
     assert "--stream.evaluation.classifier" in cli_error(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
               f"--model.pretrained={tiny_sd_folder}", "--data.styles=[Van Gogh, Monet]", "--data.objects=[cat]",
               "--data.requests=[Van Gogh]", "--data.steps_per_request=1", f"--stream.run_dir={tmp_path / 'r'}"])
+
+
+# -- PixArt: a DiT with T5 text, epsilon prediction with learned sigma -----------------------------
+def test_a_pixart_folder_loads_as_a_dit_with_an_epsilon_objective_and_no_sigma_channels(tiny_pixart_folder):
+    from lightning_unlearn.denoisers import CrossAttentionDiT
+
+    backbone = DiffusersBackbone(tiny_pixart_folder)
+    assert isinstance(backbone.unet, CrossAttentionDiT) and backbone.unet.config.out_channels == 8
+    assert backbone.objective.name == "epsilon" and backbone.scheduler_config["beta_schedule"] == "linear"
+    states, mask = backbone.encode_text(["a cat in Van Gogh style", ""])
+    assert states.shape == (2, 120, 32) and mask.shape == (2, 120) and mask[1].sum() == 1  # "" is </s> alone
+    assert backbone.latent_shape == (4, 8, 8)
+    x = torch.randn(2, *backbone.latent_shape)
+    pred = backbone.unet(x, torch.tensor([10, 500]), encoder_hidden_states=states, encoder_attention_mask=mask).sample
+    assert pred.shape == x.shape  # the learned-variance channels are dropped
+    # T5 puts no start token: the concept's tokens are found where they are.
+    from lightning_unlearn.concept_embeddings import concept_token_span
+    start, end = concept_token_span(backbone, "a cat in Van Gogh style", "Van Gogh")
+    ids = backbone.tokenizer("a cat in Van Gogh style")["input_ids"]
+    assert ids[start:end] == backbone.tokenizer("Van Gogh", add_special_tokens=False)["input_ids"]
+
+
+def test_stream_runs_on_a_pixart_folder_with_projection(tmp_path, tiny_pixart_folder, tiny_clip_folder):
+    run = tmp_path / "run"
+    run_short_stream(tiny_pixart_folder, tiny_clip_folder, run, "--stream.evaluation.seeds_per_prompt=1",
+                     "--trainer.callbacks+=configs/callbacks/projection_update.yaml")
+    rows = json.loads((run / "results.json").read_text())
+    assert [r["concept"] for r in rows] == ["base", "Van Gogh", "Monet"]
+    weights = load_file(str(run / "requests" / "02-monet" / "weights.safetensors"))
+    assert weights and all(k.startswith("transformer_blocks.") and (".attn2.to_k." in k or ".attn2.to_v." in k)
+                           for k in weights)
+    base = load_file(str(tiny_pixart_folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(base[k], v) for k, v in weights.items()), "training changed nothing"
+
+
+@pytest.mark.parametrize("family, why", [
+    ("StableDiffusion3Pipeline", "does not support"), ("FluxPipeline", "does not support"),
+    ("SanaPipeline", "does not support"),
+])
+def test_transformer_families_without_cross_attention_are_refused_by_name(tmp_path, tiny_pixart_folder, family, why,
+                                                                          cli_error):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pixart_folder, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = family
+    (folder / "model_index.json").write_text(json.dumps(index))
+    run = tmp_path / "run"
+    line = cli_error(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml", f"--model.pretrained={folder}",
+                      "--data.styles=[Van Gogh, Monet]", "--data.objects=[cat]", "--data.requests=[Van Gogh]",
+                      f"--stream.run_dir={run}"])
+    assert family in line and why in line and "PixArtSigmaPipeline" in line
+    assert not run.exists()

@@ -84,7 +84,7 @@ def make_concept_images(evaluator: Evaluator, base_unet: nn.Module, concept: Req
 def draw_noise_and_timesteps(backbone: Backbone, latents: torch.Tensor, generator: torch.Generator
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise like ``latents`` and one timestep of the training schedule per latent (on the CPU)."""
-    steps = int(backbone.training_scheduler().config.num_train_timesteps)
+    steps = backbone.objective.num_train_timesteps
     noise = torch.randn(latents.shape, generator=generator)
     return noise, torch.randint(0, steps, (latents.shape[0],), generator=generator)
 
@@ -92,12 +92,12 @@ def draw_noise_and_timesteps(backbone: Backbone, latents: torch.Tensor, generato
 def denoising_loss_at(backbone: Backbone, unet: nn.Module, latents: torch.Tensor, cond: TextCondition,
                       noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The ordinary diffusion training loss at given noise and timesteps: noise ``latents`` with
-    the backbone's training schedule and regress its target (noise, or v for v-prediction)."""
-    scheduler = backbone.training_scheduler()
+    the backbone's objective and regress its target (noise, v for v-prediction, the flow's velocity)."""
+    objective = backbone.objective
     device = backbone.device
     latents, noise, t = latents.to(device), noise.to(device), t.to(device)
-    noisy = scheduler.add_noise(latents, noise, t)
-    target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    noisy = objective.add_noise(latents, noise, t)
+    target = objective.target(latents, noise, t)
     return F.mse_loss(predict_noise(unet, noisy, t, cond).float(), target.float())
 
 

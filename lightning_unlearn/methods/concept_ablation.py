@@ -4,6 +4,10 @@ anchor concept's captions predict, on images of the anchor.
     L = || eps_theta(x_t, c_target, t) - sg[ eps_theta(x_t, c_anchor, t) ] ||^2,
     x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,   x_0 an anchor image,
 
+on an epsilon model; on a flow model eps_theta is the predicted velocity and
+x_t = (1 - t/T) x_0 + (t/T) eps (the backbone's objective noises; the target is the anchor
+branch's output either way).
+
 where ``(c_anchor, c_target)`` is a caption pair that differs only in the concept: for an
 object the anchor word is replaced by the target ("a diamond in Monet style" -> "a star in
 Monet style"); for a style the style phrase is added to a plain caption ("a star" -> "a star
@@ -334,7 +338,8 @@ class ConceptAblation(UnlearningMethod):
 
     @torch.no_grad()
     def _generate(self, context: MethodContext, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Guided DDIM from the base model: ``images_per_anchor`` latents cycling over ``captions``."""
+        """Guided samples of the base model (DDIM; flow-matching Euler on a flow model):
+        ``images_per_anchor`` latents cycling over ``captions``."""
         backbone = context.backbone
         # A frozen copy in the reference dtype (bf16 halves an SD UNet's copy).
         base = context.base_unet()
@@ -358,17 +363,17 @@ class ConceptAblation(UnlearningMethod):
         seeds: torch.Tensor = batch["seed"]
         batch_size = len(seeds)
         backbone = context.backbone
-        scheduler = backbone.training_scheduler()
+        objective = backbone.objective
         # Sample i's draws (anchor image, timestep, noise) depend only on seeds[i], so how a
         # global batch is split (DDP ranks, batch size) never changes what it trains on.
         pick, t, noise = torch.empty(batch_size, dtype=torch.long), torch.empty(batch_size, dtype=torch.long), []
         for i, seed in enumerate(seeds.tolist()):
             gen = torch.Generator().manual_seed(int(seed))
             pick[i] = torch.randint(0, self.latents.shape[0], (1,), generator=gen)
-            t[i] = torch.randint(0, int(scheduler.config.num_train_timesteps), (1,), generator=gen)
+            t[i] = torch.randint(0, objective.num_train_timesteps, (1,), generator=gen)
             noise.append(torch.randn(self.latents.shape[1:], generator=gen))
         noise = torch.stack(noise)
-        x_t = scheduler.add_noise(self.latents[pick], noise, t).to(context.device)
+        x_t = objective.add_noise(self.latents[pick], noise, t).to(context.device)
         t = t.to(context.device)
         pairs = self.caption_index[pick].tolist()
         anchor_cond = TextCondition.from_captions(backbone, [self.anchor_captions[i] for i in pairs])

@@ -4,7 +4,10 @@
     e0 = eps_ref(x_t, t, ""),  ep = eps_ref(x_t, t, c),
 
 where x_t lies on a guided DDIM trajectory for c (guidance ``start_guidance``), stopped at a
-random step. ``xt_source`` says whose trajectory and which t:
+random step. The target is linear in the network's output, so on a flow-matching backbone the
+same loss steers the predicted velocity towards the negatively guided velocity
+v0 - eta (vp - v0), and the trajectory is the objective's sampler (flow-matching Euler; "DDIM"
+below means that sampler). ``xt_source`` says whose trajectory and which t:
 
 - ``bank`` (default): the frozen model does not change during a request, so its guided
   trajectories are run once, batched, and every visited (x_t, t) is kept together with e0 and
@@ -163,7 +166,8 @@ class ESD(UnlearningMethod):
 
             def record(step: int, latents, t, eps_uncond, eps_cond) -> None:
                 xs.append(latents.cpu())
-                ts.append(torch.full((len(idx),), int(t)))
+                # t keeps the sampler's dtype: DDIM's integer grid, flow-matching's float one.
+                ts.append(t.expand(len(idx)).cpu().clone())
                 targets.append(esd_target(eps_uncond, eps_cond, self.negative_guidance).cpu())
                 which.append(caption_idx)
 

@@ -40,6 +40,7 @@ from torch import nn
 
 from lightning_unlearn.checks import non_negative, positive
 from lightning_unlearn.concept_embeddings import concept_token_span
+from lightning_unlearn.denoisers import cross_attention_inputs
 from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.methods.base import UnlearningMethod
 from lightning_unlearn.methods.context import MethodContext
@@ -227,6 +228,9 @@ class UCE(UnlearningMethod):
             markers = [caption_with(vocabulary, request, "\0", o) for o in others]
             states, mask = backbone.encode_text(captions)
             g_states, g_mask = backbone.encode_text(guides)
+            # The rows W multiplies: a DiT's projected captions, a UNet's text states.
+            states = cross_attention_inputs(context.unet, states)
+            g_states = cross_attention_inputs(context.unet, g_states)
             padded = states.shape[1]
             for i, (caption, guide_caption, marker) in enumerate(zip(captions, guides, markers)):
                 s_e, e_e = concept_token_span(backbone, caption, request.concept)
@@ -248,10 +252,11 @@ class UCE(UnlearningMethod):
         captions = list(dict.fromkeys(
             caption_with(vocabulary, r, r.concept, o) for r in concepts for o in self._others(vocabulary, r)
         ))
-        width = backbone.encode_text([""])[0].shape[-1]
+        width = cross_attention_inputs(context.unet, backbone.encode_text([""])[0]).shape[-1]
         if not captions:
             return torch.zeros(0, width)
         states, mask = backbone.encode_text(captions)
+        states = cross_attention_inputs(context.unet, states)
         rows = [states[i, : attended_length(mask, i, states.shape[1])] for i in range(len(captions))]
         return torch.cat(rows)
 

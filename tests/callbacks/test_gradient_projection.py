@@ -291,4 +291,35 @@ def test_update_mode_keeps_w_v_fixed_for_every_column_of_the_other_bases(module,
         # Tolerance: the ridge term leaves |dW v| at ~1e-5 of |dW| |v| for the worst column.
         worst = float((change @ columns.T).norm(dim=0).max() / (change.norm() * columns.norm(dim=1).max()))
         assert worst < 1e-4, (k, worst)
+
+
+# -- the tiny DiT: attn2 reads the projected captions, and that is the space protected --------------
+@pytest.fixture(scope="module")
+def dit_module():
+    from lightning_unlearn.methods import ESD
+    from lightning_unlearn.unlearning_module import UnlearningModule
+
+    torch.manual_seed(0)
+    return UnlearningModule(method=ESD(ddim_steps=3, bank_trajectories=2, bank_batch=2), trainable="esd-x",
+                            backbone="tinyworld-dit", lr=1e-3)
+
+
+def test_update_mode_keeps_w_v_fixed_on_the_dits_cross_attention(dit_module, serve, make_data):
+    dit_module.optimizer_factory = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.5)
+    start = {k: w.detach().clone() for k, w in kv_weights(dit_module).items()}
+    assert start and all(k.startswith("transformer_blocks.") for k in start)
+    projection = GradientProjection(mode="update", similarity_threshold=None, top_n=3)
+    serve(dit_module, make_data(["Van Gogh"], steps=3), [projection])
+    assert len(projection.protected) == 3 and len(projection.keys) == len(start)
+    vocab = tiny_vocabulary()
+    # The protected v are the captions as attn2 reads them (after caption_projection, 128-d) ...
+    protected = concept_embeddings(dit_module.backbone, vocab, [(n, vocab.kind_of(n)) for n in projection.protected],
+                                   attention_inputs=True).float()
+    assert protected.shape == (3, 128) and projection.basis.shape == (128, 3)
+    target = concept_embeddings(dit_module.backbone, vocab, [("Van Gogh", "style")], attention_inputs=True).float()
+    for k, w in kv_weights(dit_module).items():
+        change = w.detach() - start[k]
+        assert float(change.norm()) > 1e-3, k  # W did change
+        scale = float(change.norm() * protected.norm(dim=1).max())
+        assert float((change @ protected.T).norm()) < 1e-4 * scale, k  # ... and W v stayed put for them
         assert float((change @ target.T).norm()) > 1e-2 * float(change.norm() * target.norm()), k

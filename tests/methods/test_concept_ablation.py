@@ -84,7 +84,7 @@ def test_loss_is_the_mse_of_the_two_branches_with_gradient_through_the_target_on
     pick = torch.cat([d[0] for d in draws])
     t = torch.cat([d[1] for d in draws])
     noise = torch.stack([d[2] for d in draws])
-    x_t = module.backbone.training_scheduler().add_noise(method.latents[pick], noise, t)
+    x_t = module.backbone.objective.add_noise(method.latents[pick], noise, t)
     pairs = method.caption_index[pick].tolist()
     target = TextCondition.from_captions(module.backbone, [method.target_captions[i] for i in pairs])
     anchor = TextCondition.from_captions(module.backbone, [method.anchor_captions[i] for i in pairs])
@@ -243,3 +243,25 @@ def test_real_model_anchors_outside_the_vocabulary_are_used_unless_a_near_miss(t
         request = zebra if meant == "house" else VAN_GOGH
         with pytest.raises(SettingsError, match=rf"the anchor '{anchor}' .* did you mean '{meant}'\?"):
             method.check_stream(real.backbone, [request], vocabulary)
+
+
+def test_flow_backbone_noises_anchor_images_on_the_straight_line_and_matches_the_anchor_velocity(tmp_path):
+    torch.manual_seed(0)
+    m = UnlearningModule(method=ConceptAblation(**TINY), trainable="kv-xattn", backbone="tinyworld-dit")
+    m.begin_request(plan_request(STYLES, 0, "sequential"), ["a painting in Van Gogh style"], cache_dir=tmp_path)
+    method: ConceptAblation = m.method
+    assert method.latents.shape == (4, *m.backbone.latent_shape) and torch.isfinite(method.latents).all()
+    seeds = torch.tensor([11, 12])
+    loss = method.loss(m.method_context, {"caption": ["unused"] * 2, "seed": seeds})
+    gens = [torch.Generator().manual_seed(s) for s in (11, 12)]
+    draws = [(torch.randint(0, 4, (1,), generator=g), torch.randint(0, 1000, (1,), generator=g),
+              torch.randn(m.backbone.latent_shape, generator=g)) for g in gens]
+    pick, t = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
+    noise = torch.stack([d[2] for d in draws])
+    s = (t.float() / 1000).reshape(-1, 1, 1, 1)
+    x_t = (1 - s) * method.latents[pick] + s * noise  # rectified flow, by hand
+    pairs = method.caption_index[pick].tolist()
+    target = TextCondition.from_captions(m.backbone, [method.target_captions[i] for i in pairs])
+    anchor = TextCondition.from_captions(m.backbone, [method.anchor_captions[i] for i in pairs])
+    v_target, v_anchor = predict_noise(m.unet, x_t, t, target), predict_noise(m.unet, x_t, t, anchor)
+    torch.testing.assert_close(loss, F.mse_loss(v_target, v_anchor), atol=1e-6, rtol=1e-5)

@@ -5,7 +5,9 @@ from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.methods.esd import ESD, ddpm_range_of_stop, esd_target, reference_draws
 from lightning_unlearn.protocols import plan_request
 from lightning_unlearn.requests import Request
-from lightning_unlearn.sampling import TextCondition, ddim_sample, guided_trajectory, noise_pair, seeded_noise
+from lightning_unlearn.sampling import (
+    TextCondition, ddim_sample, guided_trajectory, noise_pair, predict_noise, seeded_noise,
+)
 from lightning_unlearn.unlearning_module import UnlearningModule
 
 
@@ -184,3 +186,56 @@ def test_reference_draws_are_deterministic_and_per_sample(ref_module):
     for key in ("x", "target"):
         torch.testing.assert_close(a[key], torch.cat([p[key] for p in parts]), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a["x"][:1], m.method.reference_xt(m.method_context, torch.tensor([6]), captions[:1])["x"])
+
+
+# -- a flow-matching backbone: the same loss on the predicted velocity ----------------------------
+@pytest.fixture(scope="module")
+def dit_module():
+    torch.manual_seed(0)
+    m = UnlearningModule(method=ESD(ddim_steps=4, bank_trajectories=3, bank_batch=2, negative_guidance=1.5),
+                         trainable="kv-xattn", backbone="tinyworld-dit")
+    m.begin_request(plan_request([Request("Van Gogh", "style")], 0, "sequential"), ["a painting in Van Gogh style"])
+    return m
+
+
+def test_flow_bank_targets_are_negatively_guided_velocities_on_the_euler_trajectory(dit_module):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    backbone, ref, bank = dit_module.backbone, dit_module.reference_unet, dit_module.method.bank
+    assert backbone.objective.name == "flow-matching"
+    assert isinstance(backbone.sampling_scheduler(), FlowMatchEulerDiscreteScheduler)
+    # x_t sit on the flow's own grid, t = 1000 s for s evenly spaced from 1 to 1/1000: 4 steps.
+    assert torch.allclose(bank["t"].unique().sort().values, torch.tensor([1.0, 334.0, 667.0, 1000.0]))
+    cond = TextCondition.from_captions(backbone, ["a painting in Van Gogh style"])
+    uncond = TextCondition.from_captions(backbone, [""])
+    noise = seeded_noise(torch.tensor([dit_module.request_seed * 100_003 + 1]), backbone.latent_shape)
+    # By hand: two guided Euler steps x <- x + (s_next - s) v from s = 1, then the target there.
+    x, sigmas = noise.clone(), [1.0, 0.667, 0.334]
+    for i in range(2):
+        t = torch.tensor(sigmas[i] * 1000)
+        v0, vp = noise_pair(ref, x, t, cond, uncond)
+        x = x + (sigmas[i + 1] - sigmas[i]) * (v0 + 3.0 * (vp - v0))
+    row = 2 * 2 + 1  # trajectory 1, step 2
+    assert float(bank["t"][row]) == pytest.approx(334.0)
+    torch.testing.assert_close(bank["x"][row : row + 1], x, atol=1e-4, rtol=1e-4)
+    v0, vp = noise_pair(ref, x, torch.tensor(334.0), cond, uncond)
+    torch.testing.assert_close(bank["target"][row : row + 1], v0 - 1.5 * (vp - v0), atol=1e-4, rtol=1e-4)
+
+
+def test_flow_loss_regresses_the_trained_velocity_on_the_bank(dit_module):
+    batch = {"caption": ["a painting in Van Gogh style"] * 2, "seed": torch.tensor([5, 6])}
+    loss = dit_module.method.loss(dit_module.method_context, batch)
+    x_t, t, target, captions = dit_module.method._draw_from_bank(batch["seed"], torch.device("cpu"))
+    pred = predict_noise(dit_module.unet, x_t, t, TextCondition.from_captions(dit_module.backbone, captions))
+    torch.testing.assert_close(loss, torch.nn.functional.mse_loss(pred, target))
+    loss.backward()
+    for name, p in dit_module.unet.named_parameters():
+        assert (p.grad is not None) == (".attn2.to_k." in name or ".attn2.to_v." in name), name
+    dit_module.unet.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("source", ["online", "reference"])
+def test_every_xt_source_runs_on_the_flow_backbone(dit_module, source):
+    method = ESD(ddim_steps=3, xt_source=source)
+    batch = {"caption": ["a painting in Van Gogh style"] * 2, "seed": torch.tensor([1, 2])}
+    assert torch.isfinite(method.loss(dit_module.method_context, batch))

@@ -171,3 +171,23 @@ def test_protocols_that_restart_from_the_base_edit_the_base(tmp_path, overlay):
         torch.testing.assert_close(second[name], value, rtol=1e-5, atol=1e-6)
     if protocol == "independent":  # TIES merges the edits' task vectors like trained ones
         assert (run / "requests" / "02-cartoon" / "merged.safetensors").is_file()
+
+
+def test_on_the_dit_the_edit_solves_on_the_captions_as_attn2_reads_them():
+    # PixArt's attn2 multiplies caption_projection(states) (128-d), not MiniLM's 384-d states.
+    from lightning_unlearn.denoisers import cross_attention_inputs
+
+    dit = UnlearningModule(method=UCE(prompts="concept"), trainable="kv-xattn", backbone="tinyworld-dit")
+    dit.begin_request(plan_request([Request("Van Gogh", "style")], 0, "sequential"), [])
+    context = dit.method_context
+    erased, guide = dit.method.erased_pairs(context)
+    preserved = dit.method.preserved_states(context)
+    assert erased.shape[1] == guide.shape[1] == preserved.shape[1] == 128
+    states, _ = dit.backbone.encode_text(["a painting in Van Gogh style"])
+    assert torch.allclose(erased[0], cross_attention_inputs(dit.unet, states)[0, 0], atol=1e-6)  # the start token
+    edited = dit.method.edit(context)
+    assert edited and all(n.startswith("transformer_blocks.") for n in edited)
+    for name, new in edited.items():
+        old = dit.unet.get_parameter(name).detach()
+        # 167 preserved rows span all 128 dimensions: the erased keys move towards the guide's, not onto them.
+        assert relative_error(new @ erased.T, old @ guide.T) < 0.5 * relative_error(old @ erased.T, old @ guide.T), name

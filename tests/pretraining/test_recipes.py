@@ -35,3 +35,22 @@ def test_unet_recipe_samples_scores_and_exports(tmp_path):
     assert str(tmp_path) not in (tmp_path / "tiny_unet.json").read_text()
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_dit_recipe_trains_with_flow_matching_and_resumes_after_a_validation(tmp_path):
+    args = ["pretrain", "--config", "configs/tinyworld_dit/pretrain.yaml", "--trainer.val_check_interval=1",
+            f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",
+            "--trainer.callbacks.init_args.every_n_train_steps=1", "--data.init_args.batch_size=4",
+            f"--model.init_args.export_dir={tmp_path}", "--model.init_args.eval_steps=2",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    main([*args, "--trainer.max_steps=2"])
+    # The step-2 checkpoint comes after a validation, which loads the classifier: resuming from it
+    # used to fail on the classifier's keys in the checkpoint.
+    main([*args, "--trainer.max_steps=3", "--ckpt_path", "last"])
+    weights = load_file(str(tmp_path / "tiny_dit.safetensors"))
+    assert "transformer_blocks.7.attn2.to_k.weight" in weights and not any(k.startswith("_classifier") for k in weights)
+    card = json.loads((tmp_path / "tiny_dit.json").read_text())
+    assert card["steps"] == 3 and card["model"].startswith("lightning_unlearn.denoisers.CrossAttentionDiT")
+    assert card["objective"]["objective"] == "flow-matching" and card["objective"]["timestep_sampling"] == "logit-normal"
+    assert card["sampler"] == "diffusers.FlowMatchEulerDiscreteScheduler"
+    assert card["hyperparameters"]["lr"] == 0.0005 and card["hyperparameters"]["min_snr_gamma"] == 0.0

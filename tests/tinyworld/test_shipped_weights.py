@@ -34,6 +34,22 @@ def test_base_unet_samples_are_recognised_as_the_card_says():
     assert card["sample_accuracy"]["sample_style_acc"] >= 0.9 and card["sample_accuracy"]["sample_object_acc"] >= 0.9
 
 
+def test_base_dit_samples_are_recognised_as_the_card_says():
+    from lightning_unlearn.tinyworld.backbone import TinyDiTBackbone
+
+    card = json.loads((TINY_WEIGHTS_DIR / "tiny_dit.json").read_text())
+    assert card["objective"]["objective"] == "flow-matching" and card["steps"] >= 1000
+    backbone = TinyDiTBackbone()
+    settings = EvaluationSettings(steps=card["sample_accuracy"]["ddim_steps"], guidance=card["sample_accuracy"]["guidance"])
+    evaluator = Evaluator(backbone, TinyWorldClassifier.load(), tiny_vocabulary(), settings)
+    metrics = score(evaluator.counts(evaluator.sample(backbone.unet)), tiny_vocabulary(), [], {"style"})
+    # Other noise than the card's validation grid: the same accuracy up to sampling error (192
+    # images: a binomial standard error of at most 3.6 points; 10 points is nearly 3 of them).
+    assert abs(metrics["style_acc"] - 100 * card["sample_accuracy"]["sample_style_acc"]) <= 10
+    assert abs(metrics["object_acc"] - 100 * card["sample_accuracy"]["sample_object_acc"]) <= 10
+    assert metrics["style_acc"] >= 90.0
+
+
 def _strings(value):
     """Every string (keys and values) inside a parsed JSON document."""
     if isinstance(value, str):
@@ -51,7 +67,7 @@ def test_no_shipped_card_records_a_path_of_the_training_machine():
     from lightning_unlearn.pretraining.model_card import is_machine_path
 
     cards = sorted(TINY_WEIGHTS_DIR.glob("*.json"))
-    assert [c.name for c in cards] == ["tiny_classifier.json", "tiny_unet.json"]
+    assert [c.name for c in cards] == ["tiny_classifier.json", "tiny_dit.json", "tiny_unet.json"]
     for card in cards:
         strings = list(_strings(json.loads(card.read_text())))
         machine = [s for s in strings if is_machine_path(s) or any(d in s for d in ("/root/", "/home/", "/work/", "/tmp/"))]
