@@ -35,7 +35,7 @@ from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.findings.claims import check_findings, regularizer_table
 from lightning_unlearn.findings.data import StudyResults, load_study_results
 from lightning_unlearn.findings.render import findings_markdown, findings_section
-from lightning_unlearn.run_folder import RunFolder
+from lightning_unlearn.run_folder import SETTINGS_NAME, RunFolder
 from lightning_unlearn.study import Study, StudyRunsFailedError, run_study
 
 PROFILES = {"quick": "tinyworld/findings_quick", "full": "tinyworld/findings_full"}
@@ -51,7 +51,7 @@ def describe(results: StudyResults) -> str:
     """What the numbers rest on: requests, replicates and images per prompt of each finished run."""
     parts = []
     for run in results.runs.values():
-        settings_path = Path(run.folders[0]) / "stream_settings.json"
+        settings_path = Path(run.folders[0]) / SETTINGS_NAME
         seeds = "?"
         if settings_path.is_file():
             settings = json.loads(settings_path.read_text())
