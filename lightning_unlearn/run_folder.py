@@ -420,6 +420,12 @@ class RunFolder:
             raise SettingsError(f"{path} is not a mapping of settings; restore it")
         return config
 
+    def read_settings(self) -> dict[str, Any] | None:
+        """``stream_settings.json`` parsed (``None`` if absent or not a mapping); not checked."""
+        path = self.path / SETTINGS_NAME
+        settings = json.loads(path.read_text()) if path.is_file() else None
+        return settings if isinstance(settings, dict) else None
+
     def write_settings(self, settings: dict[str, Any]) -> None:
         """Write ``stream_settings.json``."""
         write_json(settings, self.path / SETTINGS_NAME)

@@ -24,7 +24,6 @@ the study's root,
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.findings.claims import check_findings, regularizer_table
 from lightning_unlearn.findings.data import StudyResults, load_study_results
 from lightning_unlearn.findings.render import findings_markdown, findings_section
-from lightning_unlearn.run_folder import SETTINGS_NAME, RunFolder
+from lightning_unlearn.run_folder import RunFolder
 from lightning_unlearn.study import Study, StudyRunsFailedError, run_study
 
 PROFILES = {"quick": "tinyworld/findings_quick", "full": "tinyworld/findings_full"}
@@ -51,16 +50,10 @@ def describe(results: StudyResults) -> str:
     """What the numbers rest on: requests, replicates and images per prompt of each finished run."""
     parts = []
     for run in results.runs.values():
-        settings_path = Path(run.folders[0]) / SETTINGS_NAME
-        seeds = "?"
-        if settings_path.is_file():
-            settings = json.loads(settings_path.read_text())
-            seeds = settings.get("evaluation", {}).get("seeds_per_prompt", "?")
-            every = settings.get("evaluate_every", 1)
-        else:
-            every = "?"
+        settings = RunFolder(run.folders[0]).read_settings() or {}
+        seeds = settings.get("evaluation", {}).get("seeds_per_prompt", "?")
         parts.append(f"{run.name} ({run.requests} requests, {len(run.replicates)} replicate(s), "
-                     f"{seeds} image(s) a prompt, evaluated every {every})")
+                     f"{seeds} image(s) a prompt, evaluated every {settings.get('evaluate_every', '?')})")
     return "Runs: " + "; ".join(parts) + "." if parts else "No finished runs."
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from lightning_unlearn.findings.rules import Estimate, mean_estimate
 from lightning_unlearn.intervals import bound_keys
+from lightning_unlearn.report.document import as_float
 from lightning_unlearn.replicates import aggregate_rows
 from lightning_unlearn.run_folder import RunFolder
 from lightning_unlearn.study import Study, is_finished
@@ -22,13 +23,6 @@ from lightning_unlearn.study import Study, is_finished
 
 SEMANTIC_FILE = "semantic.json"
 """``requests/NN-*/semantic.json``: a request's semantic analysis (``lightning_unlearn.semantic_analysis``)."""
-
-
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 @dataclass
@@ -50,7 +44,7 @@ class RunResults:
     def last_evaluated(self) -> int:
         """Position of the last request whose model was evaluated (``evaluate_every`` > 1 leaves gaps)."""
         for position in range(len(self.rows) - 1, -1, -1):
-            if math.isfinite(_number(self.rows[position].get("IRA"))):
+            if math.isfinite(as_float(self.rows[position].get("IRA"))):
                 return position
         return 0
 
@@ -58,7 +52,7 @@ class RunResults:
         """``name`` (UA, IRA, CRA, ...) at ``position`` (default: the last evaluated request)."""
         row = self.rows[self.last_evaluated() if position is None else position]
         low_key, high_key = bound_keys(name)
-        return Estimate(_number(row.get(name)), _number(row.get(low_key)), _number(row.get(high_key)))
+        return Estimate(as_float(row.get(name)), as_float(row.get(low_key)), as_float(row.get(high_key)))
 
     def column(self, key: str, position: int | None = None) -> list[float]:
         """``key`` (drift_to_base, cumulative_steps, ...) at ``position`` (default: the last request)
@@ -66,17 +60,12 @@ class RunResults:
         values = []
         for rows in self.replicates:
             index = len(rows) - 1 if position is None else position
-            values.append(_number(rows[index].get(key)) if 0 <= index < len(rows) else float("nan"))
+            values.append(as_float(rows[index].get(key)) if 0 <= index < len(rows) else float("nan"))
         return values
 
     def mean_column(self, key: str, position: int | None = None) -> Estimate:
         """The mean of :meth:`column` over the replicates, with its t interval."""
         return mean_estimate([v for v in self.column(key, position) if math.isfinite(v)])
-
-    def per_request(self, key: str) -> list[float]:
-        """``key`` of every served request of every replicate (the base row excluded), finite ones."""
-        values = [_number(row.get(key)) for rows in self.replicates for row in rows[1:]]
-        return [v for v in values if math.isfinite(v)]
 
     def semantic_values(self, key: str) -> list[float]:
         """``key`` of every request's ``semantic.json`` (e.g. ``pearson_similarity_kv``) in every
@@ -86,7 +75,7 @@ class RunResults:
             for path in sorted(RunFolder(folder).request_folders().values()):
                 record = path / SEMANTIC_FILE
                 if record.is_file():
-                    values.append(_number(json.loads(record.read_text()).get(key)))
+                    values.append(as_float(json.loads(record.read_text()).get(key)))
         return [v for v in values if math.isfinite(v)]
 
     def collapsed(self, position: int | None = None) -> bool | None:
