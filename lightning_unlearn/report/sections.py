@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from lightning_unlearn.attacks.trend import stream_trend
+from lightning_unlearn.findings.rules import RULES
 from lightning_unlearn.replicates import aggregate_rows, group_replicates, parse_replicate_name
 from lightning_unlearn.report import figures as figs
 from lightning_unlearn.report.document import (
@@ -277,6 +279,27 @@ def attacks_section(runs: list[RunRecord]) -> Section:
             f"{run.name}: attacks on each request's concept",
             ["request", "concept", *(f"{name} ASR %" for name in names), "relearn steps to recover", "images", "attack s"],
             rows,
+        ))
+    trends = [(run, stream_trend(run.path)) for run in runs]
+    trends = [(run, trend) for run, trend in trends if trend is not None]
+    if trends:
+        section.blocks.append(Paragraph(
+            "Earlier erasures across the stream (runs with --stream.attacks.targets=all_erased): every concept "
+            "erased before the last request, attacked right after its own request and again after the last one, "
+            "with the same attacker images and evaluation noise; ASR pooled over those concepts' images. 'no "
+            "attack': before any attack (relearning's step 0); relearn@N: after N relearning steps. Change: last "
+            "minus own, MOVER interval of independent proportions (wider than a paired interval). Verdict on 'less "
+            f"robust as requests accumulate': {RULES['difference']}; the last column says whether the interval lies "
+            "above 0 (less robust), below 0 (more robust) or inside +-10 points (no change of 10 or more)."
+        ))
+    for run, trend in trends:
+        section.blocks.append(Table(
+            f"{run.name}: earlier erasures after their own request vs after request {trend.last_request}",
+            ["attack", "concepts", "ASR % own request", f"ASR % after request {trend.last_request}", "change",
+             "less robust?", "the interval says"],
+            [[t.attack, str(len(t.concepts)), t.own.estimate().text(), t.last.estimate().text(), t.change.text(), t.verdict,
+              t.direction]
+             for t in trend.trends],
         ))
     return section
 
