@@ -8,6 +8,9 @@ import pytest
 from safetensors.torch import load_file
 
 from lightning_unlearn.cli import main
+from lightning_unlearn.report.document import Table
+from lightning_unlearn.report.runs import load_run
+from lightning_unlearn.report.sections import runs_section
 
 FAST = [
     "--data.steps_per_request=4", "--data.batch_size=4",
@@ -35,6 +38,9 @@ def test_esd_sequential_on_the_dit_trains_its_cross_attention_and_records_drift_
     config = (run / "tensorboard").rglob("config.yaml")
     assert any("backbone: tinyworld-dit" in p.read_text() for p in config)
     assert json.loads((run / "run.json").read_text())["backbone"] == "CrossAttentionDiT (flow-matching)"
+    # The report's runs table names the backbone, so a study over both compares them side by side.
+    [table] = [b for b in runs_section([load_run(run)]).blocks if isinstance(b, Table)]
+    assert dict(zip(table.headers, table.rows[0]))["backbone"] == "CrossAttentionDiT (flow-matching)"
     weights = load_file(str(run / "requests" / "02-cartoon" / "weights.safetensors"))
     assert weights and all(k.startswith("transformer_blocks.") and ".attn2." in k for k in weights)
     drift = json.loads((run / "requests" / "02-cartoon" / "drift.json").read_text())

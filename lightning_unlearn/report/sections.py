@@ -104,8 +104,9 @@ def last_evaluated(run: RunRecord) -> dict[str, Any]:
 
 
 def runs_section(runs: list[RunRecord]) -> Section:
-    """One row per run: where it is, how it was run, how far it got and its headline metrics
-    after the last evaluated request (final only for a finished run)."""
+    """One row per run: where it is, how it was run (protocol, method, backbone, callbacks), how
+    far it got and its headline metrics after the last evaluated request (final only for a
+    finished run)."""
     section = Section("Runs")
     rows = []
     for run in runs:
@@ -116,6 +117,8 @@ def runs_section(runs: list[RunRecord]) -> Section:
         rows.append([
             run.title, str(run.path), run.protocol_label or "-",
             info.get("method", "-") + (f" ({info['trainable']})" if info.get("trainable") else ""),
+            # Denoiser class and objective, so a study over backbones compares them side by side.
+            info.get("backbone") or "-",
             "-" if labels is None else (", ".join(labels) or "none"),
             info.get("domain") or ", ".join(sorted({r.kind for r in run.requests if r.kind})) or "-",
             run.progress, ("final, " if run.finished and last is run.results[-1] else "") + f"after request {last['request']}",
@@ -129,7 +132,7 @@ def runs_section(runs: list[RunRecord]) -> Section:
         caption += " (finished and unfinished runs mixed: compare with care)"
     section.blocks.append(Table(
         caption,
-        ["run", "folder", "protocol", "method", "callbacks", "domain", "requests done", "numbers",
+        ["run", "folder", "protocol", "method", "backbone", "callbacks", "domain", "requests done", "numbers",
          *HEADLINE_METRICS, "collapsed", "cumulative steps", "total minutes"],
         rows,
     ))

@@ -166,6 +166,7 @@ def test_one_run_report_is_self_contained_and_mirrors_results(stream_run, tmp_pa
     assert row["cumulative steps"] == "4" and row["requests done"] == "2 of 2 requests"
     assert row["numbers"] == "final, after request 2" and row["collapsed"] == "no"
     assert (row["protocol"], row["method"]) == ("sequential", "ESD (esd-x)") and row["callbacks"] == "drift recorder"
+    assert row["backbone"] == "UNet2DConditionModel (epsilon)"
 
     # Drift and semantics as the stream runner recorded them.
     drifts = [json.loads((d / "drift.json").read_text()) for d in sorted((stream_run / "requests").glob("0[12]-*"))]
