@@ -73,7 +73,7 @@ class TinyUNetPretraining(LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.backbone = self.backbone_class(unet=self.backbone_class.build_denoiser())
+        self.backbone = self.backbone_class(unet=self.fresh_denoiser())
         self.ema_unet = self.backbone_class.build_denoiser().requires_grad_(False)
         self.ema_unet.load_state_dict(self.unet.state_dict())
         self.templates = PromptTemplates()
@@ -102,6 +102,12 @@ class TinyUNetPretraining(LightningModule):
         self.__dict__["_classifier"] = None
         self._started = time.time()
         self.last_eval: dict[str, float] = {}
+        self.last_eval_step: int | None = None
+
+    @classmethod
+    def fresh_denoiser(cls) -> torch.nn.Module:
+        """The denoiser training starts from: the architecture's own initialisation here."""
+        return cls.backbone_class.build_denoiser()
 
     @property
     def unet(self):
@@ -164,9 +170,9 @@ class TinyUNetPretraining(LightningModule):
         )
         return self.backbone.latents_to_images(latents).clamp(-1, 1), styles, objects
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        if batch_idx > 0 or not DEFAULT_CLASSIFIER_PATH.exists():
-            return
+    def score_grid(self) -> torch.Tensor:
+        """Sample and classify the validation grid with the EMA weights into ``last_eval``
+        (stamped with the step it measured); returns the images."""
         if self._classifier is None:
             self.__dict__["_classifier"] = TinyWorldClassifier.load().to(self.device)
         images, styles, objects = self.sample_grid()
@@ -175,6 +181,13 @@ class TinyUNetPretraining(LightningModule):
             "sample_style_acc": float((style_logits.argmax(1) == styles).float().mean()),
             "sample_object_acc": float((object_logits.argmax(1) == objects).float().mean()),
         }
+        self.last_eval_step = self.global_step
+        return images
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        if batch_idx > 0 or not DEFAULT_CLASSIFIER_PATH.exists():
+            return
+        images = self.score_grid()
         for k, v in self.last_eval.items():
             self.log(f"val/{k}", v, prog_bar=True)
         experiment = getattr(self.logger, "experiment", None)
@@ -193,6 +206,10 @@ class TinyUNetPretraining(LightningModule):
             del state[key]
 
     def on_train_end(self) -> None:
+        # The card pairs the exported weights with their accuracy: when training ends between
+        # validations, the last measurement belongs to older weights, so measure these.
+        if self.last_eval_step != self.global_step and DEFAULT_CLASSIFIER_PATH.exists():
+            self.score_grid()
         self.export()
 
     def export(self) -> None:
@@ -215,6 +232,7 @@ class TinyUNetPretraining(LightningModule):
                 "train_minutes_this_session": round((time.time() - self._started) / 60, 1),
                 "sample_accuracy": {
                     **self.last_eval,
+                    "step": self.last_eval_step,
                     "images": len(STYLES) * len(OBJECTS),
                     "ddim_steps": self.hparams.eval_steps,
                     "guidance": self.hparams.eval_guidance,

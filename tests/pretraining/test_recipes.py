@@ -22,7 +22,9 @@ def test_classifier_recipe_exports_weights_and_card(tmp_path):
 
 
 def test_unet_recipe_samples_scores_and_exports(tmp_path):
-    main(["pretrain", "--config", "configs/tinyworld/pretrain.yaml", "--trainer.max_steps=2",
+    # Training ends at step 3, between validations (every 2): the card must not pair the step-3
+    # weights with the step-2 measurement.
+    main(["pretrain", "--config", "configs/tinyworld/pretrain.yaml", "--trainer.max_steps=3",
           "--trainer.val_check_interval=2", f"--trainer.logger.init_args.save_dir={tmp_path}",
           f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}", "--data.init_args.batch_size=4",
           f"--model.init_args.export_dir={tmp_path}", "--model.init_args.eval_steps=2",
@@ -30,7 +32,8 @@ def test_unet_recipe_samples_scores_and_exports(tmp_path):
     weights = load_file(str(tmp_path / "tiny_unet.safetensors"))
     assert any(".attn2.to_k." in k for k in weights)
     card = json.loads((tmp_path / "tiny_unet.json").read_text())
-    assert card["steps"] == 2 and 0.0 <= card["sample_accuracy"]["sample_object_acc"] <= 1.0
+    assert card["steps"] == 3 and 0.0 <= card["sample_accuracy"]["sample_object_acc"] <= 1.0
+    assert card["sample_accuracy"]["step"] == 3
     assert "export_dir" not in card["hyperparameters"] and card["hyperparameters"]["eval_steps"] == 2
     assert str(tmp_path) not in (tmp_path / "tiny_unet.json").read_text()
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
@@ -53,4 +56,5 @@ def test_dit_recipe_trains_with_flow_matching_and_resumes_after_a_validation(tmp
     assert card["steps"] == 3 and card["model"].startswith("lightning_unlearn.denoisers.CrossAttentionDiT")
     assert card["objective"]["objective"] == "flow-matching" and card["objective"]["timestep_sampling"] == "logit-normal"
     assert card["sampler"] == "diffusers.FlowMatchEulerDiscreteScheduler"
+    assert card["initialization"] == "DiT (xavier-uniform, zero output layers)" and card["config"]["patch_size"] == 1
     assert card["hyperparameters"]["lr"] == 0.0005 and card["hyperparameters"]["min_snr_gamma"] == 0.0

@@ -2,10 +2,10 @@
 
 import json
 
+import pytest
 import torch
 
 from lightning_unlearn.datamodules.tinyworld_images import HeldOutImages
-from lightning_unlearn.tinyworld.backbone import TINY_WEIGHTS_DIR, TinyWorldBackbone
 from lightning_unlearn.evaluation import EvaluationSettings, Evaluator, score
 from lightning_unlearn.tinyworld.backbone import TINY_WEIGHTS_DIR, TinyWorldBackbone
 from lightning_unlearn.tinyworld.classifier import TinyWorldClassifier
@@ -34,6 +34,7 @@ def test_base_unet_samples_are_recognised_as_the_card_says():
     assert card["sample_accuracy"]["sample_style_acc"] >= 0.9 and card["sample_accuracy"]["sample_object_acc"] >= 0.9
 
 
+@pytest.mark.slow  # 125 s on 2 cores: 40 passes of 192 images over 256 tokens
 def test_base_dit_samples_are_recognised_as_the_card_says():
     from lightning_unlearn.tinyworld.backbone import TinyDiTBackbone
 
@@ -48,6 +49,8 @@ def test_base_dit_samples_are_recognised_as_the_card_says():
     assert abs(metrics["style_acc"] - 100 * card["sample_accuracy"]["sample_style_acc"]) <= 10
     assert abs(metrics["object_acc"] - 100 * card["sample_accuracy"]["sample_object_acc"]) <= 10
     assert metrics["style_acc"] >= 90.0
+    # The patch-1 DiT (docs/dit.md): 81.8% object on its card; the first DiT drew blobs (27.6%).
+    assert card["config"]["patch_size"] == 1 and card["sample_accuracy"]["sample_object_acc"] >= 0.8
 
 
 def _strings(value):
