@@ -219,7 +219,10 @@ def test_flow_bank_targets_are_negatively_guided_velocities_on_the_euler_traject
     assert float(bank["t"][row]) == pytest.approx(334.0)
     torch.testing.assert_close(bank["x"][row : row + 1], x, atol=1e-4, rtol=1e-4)
     v0, vp = noise_pair(ref, x, torch.tensor(334.0), cond, uncond)
-    torch.testing.assert_close(bank["target"][row : row + 1], v0 - 1.5 * (vp - v0), atol=1e-4, rtol=1e-4)
+    # The bank runs the trajectories batched, this by hand one at a time: float32 sums differ in
+    # order, and the guided difference scales that by 1.5 (6e-4 seen on the patch-1 DiT); a wrong
+    # target differs by the size of the velocity itself.
+    torch.testing.assert_close(bank["target"][row : row + 1], v0 - 1.5 * (vp - v0), atol=2e-3, rtol=1e-3)
 
 
 def test_flow_loss_regresses_the_trained_velocity_on_the_bank(dit_module):
