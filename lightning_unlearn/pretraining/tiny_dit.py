@@ -30,8 +30,8 @@ def initialize_like_dit(model: torch.nn.Module) -> torch.nn.Module:
     Xavier-uniform linear layers and patch embedding with zero biases; the timestep and caption
     MLPs N(0, 0.02); zero output layer and zero cross-attention output projections, so every
     block starts as (almost) the identity and the text enters gradually. Measured on the tiny
-    world (docs/dit.md): object accuracy 18.8% after 1000 steps against 12.5% with diffusers'
-    default initialisation.
+    world with 2 x 2 patches (docs/dit.md): object accuracy 18.8% after 1000 steps against 12.5%
+    with diffusers' default initialisation.
     """
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
