@@ -103,6 +103,10 @@ class TinyUNetPretraining(LightningModule):
         self._started = time.time()
         self.last_eval: dict[str, float] = {}
         self.last_eval_step: int | None = None
+        # Each start of training (fresh or resumed) and the max_steps it ran under: the cosine
+        # schedule depends on max_steps, so weights from a run extended with a larger max_steps
+        # are only reproduced by the same sequence of commands. Carried in the checkpoints.
+        self.schedule_segments: list[dict[str, int | None]] = []
 
     @classmethod
     def fresh_denoiser(cls) -> torch.nn.Module:
@@ -199,11 +203,21 @@ class TinyUNetPretraining(LightningModule):
         if not self.trainer.sanity_checking:
             self.export()
 
+    def on_train_start(self) -> None:
+        # Here, not in on_fit_start: the global step of a resumed run is restored by now.
+        self.schedule_segments.append({"from_step": self.global_step, "max_steps": self.trainer.max_steps})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["schedule_segments"] = list(self.schedule_segments)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints written before the judge left the module tree still hold its weights.
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("_classifier.")]:
             del state[key]
+        # Checkpoints written before the segments were recorded: the first segment's max_steps
+        # is unknown (None), not guessed.
+        self.schedule_segments = list(checkpoint.get("schedule_segments", [{"from_step": 0, "max_steps": None}]))
 
     def on_train_end(self) -> None:
         # The card pairs the exported weights with their accuracy: when training ends between
@@ -229,6 +243,7 @@ class TinyUNetPretraining(LightningModule):
                 "batch_size": self.trainer.datamodule.batch_size,
                 "steps": self.global_step,
                 "schedule_max_steps": self.trainer.max_steps,
+                "schedule_segments": self.schedule_segments,
                 "train_minutes_this_session": round((time.time() - self._started) / 60, 1),
                 "sample_accuracy": {
                     **self.last_eval,

@@ -1,4 +1,7 @@
-"""Every benchmark's ``--quick`` smoke run: it runs with one command and prints its table."""
+"""Every benchmark's ``--quick`` smoke run: it runs with one command and prints its table.
+
+All are marked ``slow`` (``pytest -m slow``): each is a subprocess of 10-30 s on 2 cores, and
+the default suite stays under 10 minutes."""
 
 import os
 import subprocess
@@ -31,6 +34,7 @@ def table_rows(output: str, header_start: str) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_evaluation_benchmark_quick():
     out = run_quick("evaluation.py")
     rows = table_rows(out, "| solver | steps |")
@@ -69,6 +73,7 @@ def test_esd_bank_vs_reference_benchmark_quick():
         assert ratio in out
 
 
+@pytest.mark.slow
 def test_evaluation_seeds_benchmark_quick():
     out = run_quick("evaluation_seeds.py")
     rows = table_rows(out, "| seeds_per_prompt |")
@@ -77,6 +82,7 @@ def test_evaluation_seeds_benchmark_quick():
     assert float(rows[1][7]) < float(rows[0][7])
 
 
+@pytest.mark.slow
 def test_attacks_benchmark_quick():
     out = run_quick("attacks.py")
     rows = table_rows(out, "| request | train s |")
@@ -84,6 +90,7 @@ def test_attacks_benchmark_quick():
     assert float(rows[0][3]) > 0 and float(rows[0][5]) > 1  # attack seconds; request time with attacks (x)
 
 
+@pytest.mark.slow
 def test_dit_vs_unet_step_benchmark_quick():
     out = run_quick("dit_vs_unet_step.py")
     rows = table_rows(out, "| method | backbone |")

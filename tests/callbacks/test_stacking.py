@@ -16,8 +16,11 @@ from lightning_unlearn.stream import StreamRunner
 FAST = [
     "--data.steps_per_request=3", "--data.batch_size=2",
     "--model.method.init_args.ddim_steps=3", "--model.method.init_args.bank_trajectories=2",
-    "--stream.evaluation.steps=2", "--trainer.enable_model_summary=false",
+    # One image a prompt: these tests check what the stacked callbacks record, not the metrics.
+    "--stream.evaluation.steps=2", "--stream.evaluation.seeds_per_prompt=1", "--trainer.enable_model_summary=false",
 ]
+# A 4 x 3 world where the projection's protected set is not asserted (evaluation: 12 prompts, not 192).
+SMALL_WORLD = ["--data.styles=[Van Gogh, Picasso, Monet, Cartoon]", "--data.objects=[circle, star, house]"]
 
 
 def test_projection_topk_and_two_anchors_from_yaml_files_run_one_stream(tmp_path, monkeypatch):
@@ -73,7 +76,7 @@ def test_inverse_ewc_trajectory_and_replay_stack_with_an_anchor_over_two_request
         "--trainer.callbacks+=configs/tinyworld/callbacks/trajectory_esd.yaml",
         "--trainer.callbacks+=configs/tinyworld/callbacks/replay.yaml",
         "--trainer.callbacks+=configs/tinyworld/callbacks/l2_esd.yaml",
-        "--data.requests=[Van Gogh, Picasso]", f"--stream.run_dir={run}", *FAST,
+        "--data.requests=[Van Gogh, Picasso]", f"--stream.run_dir={run}", *FAST, *SMALL_WORLD,
     ])
     folders = sorted(p for p in (run / "requests").iterdir() if p.is_dir() and not p.name.startswith("00"))
     assert len(folders) == 2, folders

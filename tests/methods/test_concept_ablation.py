@@ -165,7 +165,9 @@ def test_anchors_come_from_the_base_and_a_changed_base_changes_the_key(module, t
 FAST = [
     "--data.steps_per_request=2", "--data.batch_size=2",
     "--model.method.init_args.images_per_anchor=4", "--model.method.init_args.ddim_steps=2",
-    "--stream.evaluation.steps=1", "--trainer.enable_model_summary=false",
+    "--stream.evaluation.steps=1", "--stream.evaluation.seeds_per_prompt=1", "--trainer.enable_model_summary=false",
+    # A 3 x 3 world: these tests check the run folder and the anchor cache, not the metrics.
+    "--data.styles=[Van Gogh, Monet, Cartoon]", "--data.objects=[circle, star, house]",
 ]
 
 

@@ -34,6 +34,7 @@ def test_unet_recipe_samples_scores_and_exports(tmp_path):
     card = json.loads((tmp_path / "tiny_unet.json").read_text())
     assert card["steps"] == 3 and 0.0 <= card["sample_accuracy"]["sample_object_acc"] <= 1.0
     assert card["sample_accuracy"]["step"] == 3
+    assert card["schedule_segments"] == [{"from_step": 0, "max_steps": 3}]
     assert "export_dir" not in card["hyperparameters"] and card["hyperparameters"]["eval_steps"] == 2
     assert str(tmp_path) not in (tmp_path / "tiny_unet.json").read_text()
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
@@ -44,7 +45,7 @@ def test_dit_recipe_trains_with_flow_matching_and_resumes_after_a_validation(tmp
     args = ["pretrain", "--config", "configs/tinyworld_dit/pretrain.yaml", "--trainer.val_check_interval=1",
             f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",
             "--trainer.callbacks.init_args.every_n_train_steps=1", "--data.init_args.batch_size=4",
-            f"--model.init_args.export_dir={tmp_path}", "--model.init_args.eval_steps=2",
+            f"--model.init_args.export_dir={tmp_path}", "--model.init_args.eval_steps=1",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     main([*args, "--trainer.max_steps=2"])
     # The step-2 checkpoint comes after a validation, which loads the classifier: resuming from it
@@ -54,6 +55,8 @@ def test_dit_recipe_trains_with_flow_matching_and_resumes_after_a_validation(tmp
     assert "transformer_blocks.7.attn2.to_k.weight" in weights and not any(k.startswith("_classifier") for k in weights)
     card = json.loads((tmp_path / "tiny_dit.json").read_text())
     assert card["steps"] == 3 and card["model"].startswith("lightning_unlearn.denoisers.CrossAttentionDiT")
+    # The resumed run extended the schedule: the card says which max_steps each stretch ran under.
+    assert card["schedule_segments"] == [{"from_step": 0, "max_steps": 2}, {"from_step": 2, "max_steps": 3}]
     assert card["objective"]["objective"] == "flow-matching" and card["objective"]["timestep_sampling"] == "logit-normal"
     assert card["sampler"] == "diffusers.FlowMatchEulerDiscreteScheduler"
     assert card["initialization"] == "DiT (xavier-uniform, zero output layers)" and card["config"]["patch_size"] == 1
