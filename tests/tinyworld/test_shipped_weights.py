@@ -1,6 +1,7 @@
 """The shipped tiny-world weights do what their cards claim."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,10 +58,9 @@ def test_base_dit_samples_are_recognised_as_the_card_says():
 def test_the_dit_cards_schedule_is_what_its_two_shipped_configs_run():
     """The shipped DiT trained in two stretches (the cosine schedule depends on max_steps): the
     card's segments must be the ones the two configs it names give, and end at its steps."""
-
     card = json.loads((TINY_WEIGHTS_DIR / "tiny_dit.json").read_text())
-    first = yaml.safe_load(open("configs/tinyworld_dit/pretrain.yaml"))["trainer"]["max_steps"]
-    extend = yaml.safe_load(open("configs/tinyworld_dit/pretrain_extend.yaml"))
+    first = yaml.safe_load(Path("configs/tinyworld_dit/pretrain.yaml").read_text())["trainer"]["max_steps"]
+    extend = yaml.safe_load(Path("configs/tinyworld_dit/pretrain_extend.yaml").read_text())
     assert extend == {"trainer": {"max_steps": extend["trainer"]["max_steps"]}}  # an overlay of max_steps only
     second = extend["trainer"]["max_steps"]
     assert card["schedule_segments"] == [{"from_step": 0, "max_steps": first}, {"from_step": first, "max_steps": second}]
