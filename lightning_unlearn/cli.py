@@ -58,7 +58,19 @@ def pretrain(args: list[str]) -> None:
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    LightningCLI(
+    class PretrainCLI(LightningCLI):
+        """LightningCLI whose config files and command line win over a checkpoint's hparams."""
+
+        def _parse_ckpt_path(self) -> None:
+            # Lightning >= 2.5 re-applies the hparams stored in a checkpoint *file* given as
+            # --ckpt_path on top of the parsed config, so `--model.init_args.export_dir` or
+            # `--model.init_args.lr` on a resume from a path were silently replaced by the old
+            # run's values (and with `--ckpt_path last` they were not: two behaviours for one
+            # resume). Here the checkpoint restores state (weights, optimizer, step, data
+            # position) and the config says what the run is, whichever way it names the file.
+            return
+
+    PretrainCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

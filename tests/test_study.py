@@ -38,7 +38,9 @@ def test_bad_study_configs_name_the_problem(tmp_path, content, message):
 
 
 def test_shipped_study_configs_parse_and_name_existing_configs():
-    for path in Path("configs/tinyworld").glob("study_*.yaml"):
+    paths = [*Path("configs/tinyworld").glob("study_*.yaml"), *Path("configs/tinyworld_dit").glob("study_*.yaml")]
+    assert {"study_styles", "study_backbones", "study_backbones_esd_orders"} <= {p.stem for p in paths}
+    for path in paths:
         study = Study.load(path)
         if path.stem in ("study_styles", "study_objects"):
             assert {"sequential", "simultaneous", "independent_ties", "projection_topk"} <= {r.name for r in study.runs}

@@ -61,3 +61,22 @@ def test_dit_recipe_trains_with_flow_matching_and_resumes_after_a_validation(tmp
     assert card["sampler"] == "diffusers.FlowMatchEulerDiscreteScheduler"
     assert card["initialization"] == "DiT (xavier-uniform, zero output layers)" and card["config"]["patch_size"] == 1
     assert card["hyperparameters"]["lr"] == 0.0005 and card["hyperparameters"]["min_snr_gamma"] == 0.0
+
+
+def test_a_resume_from_a_checkpoint_file_keeps_the_settings_given_on_the_command_line(tmp_path):
+    # Lightning re-applies a checkpoint file's hparams over the parsed config; the resumed run
+    # used to export to the first run's folder with the first run's learning rate, silently.
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = ["pretrain", "--config", "configs/tinyworld_dit/pretrain.yaml", "--trainer.val_check_interval=2",
+            f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",
+            "--data.init_args.batch_size=4", "--model.init_args.eval_steps=1",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    main([*args, "--trainer.max_steps=2", f"--model.init_args.export_dir={first}"])
+    saved = tmp_path / "step2.ckpt"
+    (tmp_path / "ckpt" / "last.ckpt").rename(saved)
+    main([*args, "--trainer.max_steps=3", f"--model.init_args.export_dir={second}", "--model.init_args.lr=0.0001",
+          "--ckpt_path", str(saved)])
+    card = json.loads((second / "tiny_dit.json").read_text())
+    assert card["steps"] == 3 and card["hyperparameters"]["lr"] == 0.0001
+    assert card["schedule_segments"] == [{"from_step": 0, "max_steps": 2}, {"from_step": 2, "max_steps": 3}]
+    assert json.loads((first / "tiny_dit.json").read_text())["steps"] == 2  # the first run's export is untouched
