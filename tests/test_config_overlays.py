@@ -170,9 +170,9 @@ def test_the_backbone_study_pairs_every_unet_run_with_its_dit_twin(resolve):
     study = Study.load(Path("configs/tinyworld_dit/study_backbones.yaml"))
     configs = {run.name: resolve([*run.args, *study.common, f"--stream.run_dir={study.run_dir(run)}"]) for run in study.runs}
     unet_runs = [n for n in configs if n.startswith("unet_")]
-    # ESD and CA x both protocols; ESD sequential at 50 steps a request; ESD with L1 (two
-    # weights), projection; CA with L1, projection, top-k
-    assert len(unet_runs) == 11 and len(configs) == 22
+    # ESD and CA x both protocols; ESD sequential at 50 steps a request and on keys/values
+    # only; ESD with L1 (two weights), projection; CA with L1, projection, top-k
+    assert len(unet_runs) == 12 and len(configs) == 24
     for name in unet_runs:
         unet, dit = configs[name], configs["dit_" + name[len("unet_"):]]
         assert (unet["model"]["backbone"], dit["model"]["backbone"]) == ("tinyworld", "tinyworld-dit")
