@@ -8,6 +8,7 @@ JSON card (config, data seed, steps, measured accuracy) next to the package, ato
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -74,8 +75,9 @@ class TinyUNetPretraining(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.backbone = self.backbone_class(unet=self.fresh_denoiser())
-        self.ema_unet = self.backbone_class.build_denoiser().requires_grad_(False)
-        self.ema_unet.load_state_dict(self.unet.state_dict())
+        # A copy, not a fresh build: the trained denoiser's architecture may differ from the
+        # shipped one (a DiT being deepened).
+        self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
         self.templates = PromptTemplates()
         # Caption table indexed by (style or none, object or none): every caption training uses.
         captions = [
@@ -108,10 +110,9 @@ class TinyUNetPretraining(LightningModule):
         # are only reproduced by the same sequence of commands. Carried in the checkpoints.
         self.schedule_segments: list[dict[str, int | None]] = []
 
-    @classmethod
-    def fresh_denoiser(cls) -> torch.nn.Module:
+    def fresh_denoiser(self) -> torch.nn.Module:
         """The denoiser training starts from: the architecture's own initialisation here."""
-        return cls.backbone_class.build_denoiser()
+        return self.backbone_class.build_denoiser()
 
     @property
     def unet(self):

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+import torch
 from safetensors.torch import load_file
 
 from lightning_unlearn.cli import main
@@ -80,3 +82,55 @@ def test_a_resume_from_a_checkpoint_file_keeps_the_settings_given_on_the_command
     assert card["steps"] == 3 and card["hyperparameters"]["lr"] == 0.0001
     assert card["schedule_segments"] == [{"from_step": 0, "max_steps": 2}, {"from_step": 2, "max_steps": 3}]
     assert json.loads((first / "tiny_dit.json").read_text())["steps"] == 2  # the first run's export is untouched
+
+
+def test_the_dit_recipe_deepens_a_trained_dit_starts_where_it_was_and_keeps_its_lineage(tmp_path):
+    # An 8-block DiT (every weight non-zero, as after training) with its card, made 12 deep: before
+    # any step the deeper model and its EMA predict what the 8-block one predicts, so training
+    # starts from its accuracy, not from scratch; the export's card embeds the source's card,
+    # also after a resume.
+    from lightning_unlearn.atomic_io import save_weights
+    from lightning_unlearn.pretraining.tiny_dit import TinyDiTPretraining
+    from lightning_unlearn.tinyworld.dit import build_tiny_dit
+
+    torch.manual_seed(0)
+    source = build_tiny_dit(num_layers=8)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    init_from = tmp_path / "source" / "tiny_dit.safetensors"
+    save_weights(source.state_dict(), init_from)
+    init_from.with_suffix(".json").write_text(json.dumps({"steps": 5000, "sample_accuracy": {"sample_object_acc": 0.849}}))
+    deep = TinyDiTPretraining(num_layers=12, init_from=str(init_from))
+    x, t, states = torch.randn(3, 12, 16, 16), torch.tensor([50.0, 500.0, 950.0]), torch.randn(3, 9, 384)
+    expected = source(x, t, encoder_hidden_states=states).sample
+    for model in (deep.unet, deep.ema_unet):
+        assert len(model.transformer_blocks) == 12
+        torch.testing.assert_close(model(x, t, encoder_hidden_states=states).sample, expected, rtol=1e-5, atol=1e-5)
+    out = tmp_path / "out"
+    args = ["pretrain", "--config", "configs/tinyworld_dit/pretrain.yaml", "--config", "configs/tinyworld_dit/pretrain_deepen.yaml",
+            f"--model.init_args.init_from={init_from}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}", "--trainer.callbacks.init_args.every_n_train_steps=1",
+            "--data.init_args.batch_size=4", f"--model.init_args.export_dir={out}", "--model.init_args.eval_steps=1",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    main([*args, "--trainer.max_steps=1"])
+    # The resume reads a different card next to init_from (the shipped chain overwrites what it
+    # read): the lineage comes from the checkpoint, not from the file.
+    init_from.with_suffix(".json").write_text(json.dumps({"steps": 1, "overwritten": True}))
+    main([*args, "--trainer.max_steps=2", "--ckpt_path", "last"])
+    weights = load_file(str(out / "tiny_dit.safetensors"))
+    assert "transformer_blocks.11.attn2.to_k.weight" in weights and "transformer_blocks.12.attn2.to_k.weight" not in weights
+    card = json.loads((out / "tiny_dit.json").read_text())
+    assert card["steps"] == 2 and card["config"]["num_layers"] == 12
+    assert card["initialization"].startswith("the tiny DiT at tiny_dit.safetensors")
+    assert card["initialized_from"] == {"steps": 5000, "sample_accuracy": {"sample_object_acc": 0.849}}
+    assert card["hyperparameters"]["lr"] == 0.0003 and card["hyperparameters"]["num_layers"] == 12
+
+
+def test_a_missing_init_from_is_one_error_line_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["pretrain", "--config", "configs/tinyworld_dit/pretrain.yaml", f"--model.init_args.init_from={tmp_path / 'none.safetensors'}",
+              f"--trainer.logger.init_args.save_dir={tmp_path}", f"--model.init_args.export_dir={tmp_path / 'out'}"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --model.init_args.init_from")
+    assert not (tmp_path / "out").exists()
