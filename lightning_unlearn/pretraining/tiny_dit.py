@@ -84,7 +84,10 @@ def deepen_dit(weights: dict[str, torch.Tensor], num_layers: int, **config) -> t
     are residual) until training moves them. Growing a trained model this way keeps what it has
     learnt and adds capacity, instead of training the deeper model from scratch.
     """
-    old_layers = 1 + max(int(m.group(1)) for k in weights if (m := re.match(r"transformer_blocks\.(\d+)\.", k)))
+    blocks = {int(m.group(1)) for k in weights if (m := re.match(r"transformer_blocks\.(\d+)\.", k))}
+    if not blocks:
+        raise SettingsError("--model.init_args.init_from holds no transformer blocks: not a tiny DiT's weights")
+    old_layers = 1 + max(blocks)
     if num_layers < old_layers:
         raise SettingsError(f"--model.init_args.num_layers {num_layers} is fewer than the {old_layers} blocks of the weights it starts from")
     model = initialize_like_dit(build_tiny_dit(**{**config, "num_layers": num_layers}))

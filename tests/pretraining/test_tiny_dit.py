@@ -114,6 +114,8 @@ def test_deepening_refuses_what_it_cannot_grow():
     unet_like = {**_trained_like(1), "down_blocks.0.resnets.0.conv1.weight": torch.zeros(1)}
     with pytest.raises(SettingsError, match="does not have: down_blocks"):
         deepen_dit(unet_like, 2)
+    with pytest.raises(SettingsError, match="no transformer blocks"):
+        deepen_dit({"conv.weight": torch.zeros(1)}, 2)  # a classifier's or a VAE's file
     wider = build_tiny_dit(num_layers=1, num_attention_heads=2).state_dict()
     with pytest.raises(SettingsError, match="does not fit"):
         deepen_dit(wider, 2)
