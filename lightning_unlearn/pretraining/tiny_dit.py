@@ -13,11 +13,10 @@ shallower DiT made deeper without changing what it computes (``init_from`` + ``n
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +28,9 @@ from lightning_unlearn.tinyworld.dit import TINY_DIT_CONFIG, build_tiny_dit
 
 INIT_STD = 0.02
 """Standard deviation of the timestep and caption MLPs' weights (the DiT paper's 0.02)."""
+
+BLOCK_KEY = re.compile(r"transformer_blocks\.(\d+)\.(.*)")
+"""A weight of a transformer block: (block index, the rest of the key)."""
 
 
 @torch.no_grad()
@@ -66,13 +68,10 @@ def inserted_block_positions(old_layers: int, new_layers: int) -> list[int]:
     evenly between the old blocks (8 -> 12: one after every second old block)."""
     added = new_layers - old_layers
     after = [(i + 1) * old_layers // added - 1 for i in range(added)]  # old block each one follows
-    positions, new_index = [], 0
-    for old in range(-1, old_layers):  # -1: before the first old block (more new than old)
-        new_index += old >= 0
-        for _ in range(after.count(old)):
-            positions.append(new_index)
-            new_index += 1
-    return positions
+    # The deeper stack in order (True: a new block); -1 is before the first old block, which
+    # happens when more blocks are added than there were.
+    stack = [is_new for old in range(-1, old_layers) for is_new in [False] * (old >= 0) + [True] * after.count(old)]
+    return [index for index, is_new in enumerate(stack) if is_new]
 
 
 @torch.no_grad()
@@ -84,7 +83,7 @@ def deepen_dit(weights: dict[str, torch.Tensor], num_layers: int, **config) -> t
     are residual) until training moves them. Growing a trained model this way keeps what it has
     learnt and adds capacity, instead of training the deeper model from scratch.
     """
-    blocks = {int(m.group(1)) for k in weights if (m := re.match(r"transformer_blocks\.(\d+)\.", k))}
+    blocks = {int(m.group(1)) for k in weights if (m := BLOCK_KEY.match(k))}
     if not blocks:
         raise SettingsError("--model.init_args.init_from holds no transformer blocks: not a tiny DiT's weights")
     old_layers = 1 + max(blocks)
@@ -95,7 +94,7 @@ def deepen_dit(weights: dict[str, torch.Tensor], num_layers: int, **config) -> t
     old_of_new = [i for i in range(num_layers) if i not in new]
     renamed = {}
     for key, value in weights.items():
-        m = re.match(r"transformer_blocks\.(\d+)\.(.*)", key)
+        m = BLOCK_KEY.match(key)
         renamed[f"transformer_blocks.{old_of_new[int(m.group(1))]}.{m.group(2)}" if m else key] = value
     state = model.state_dict()
     unknown = sorted(set(renamed) - set(state))
@@ -148,8 +147,8 @@ class TinyDiTPretraining(TinyUNetPretraining):
             raise SettingsError(f"--model.init_args.num_layers must be at least 1, got {num_layers}")
         super().__init__(lr=lr, min_snr_gamma=min_snr_gamma, **kwargs)
         # The card of the weights training started from (the JSON next to them), so the exported
-        # card tells the whole lineage. Carried in the checkpoints: on a resume, ``init_from`` may
-        # already hold this run's own export (the shipped chain writes where it read).
+        # card tells the whole lineage. Carried in the checkpoints: by a resume, the file next to
+        # ``init_from`` may have been overwritten (by an export into the folder it was read from).
         card = Path(init_from).with_suffix(".json") if init_from is not None else None
         self.source_card: dict | None = json.loads(card.read_text()) if card is not None and card.is_file() else None
 

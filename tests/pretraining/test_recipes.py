@@ -114,8 +114,8 @@ def test_the_dit_recipe_deepens_a_trained_dit_starts_where_it_was_and_keeps_its_
             "--data.init_args.batch_size=4", f"--model.init_args.export_dir={out}", "--model.init_args.eval_steps=1",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     main([*args, "--trainer.max_steps=1"])
-    # The resume reads a different card next to init_from (the shipped chain overwrites what it
-    # read): the lineage comes from the checkpoint, not from the file.
+    # The resume finds a different card next to init_from (an export into the folder it was read
+    # from overwrites it): the lineage comes from the checkpoint, not from the file.
     init_from.with_suffix(".json").write_text(json.dumps({"steps": 1, "overwritten": True}))
     main([*args, "--trainer.max_steps=2", "--ckpt_path", "last"])
     weights = load_file(str(out / "tiny_dit.safetensors"))
