@@ -97,7 +97,8 @@ class UnlearningModule(LightningModule):
                 a safetensors state dict, full or only some keys (e.g. trained cross-attention).
                 Pickled ``.bin``/``.ckpt`` files are refused, never unpickled.
             trainable: weights a request may change: ``esd-x`` (cross-attention), ``kv-xattn``
-                (cross-attention keys and values), ``esd-u`` (all but cross-attention), ``full``;
+                (cross-attention keys and values), ``qkv-xattn`` / ``kvo-xattn`` (keys and values
+                plus the queries / the output projection), ``esd-u`` (all but cross-attention), ``full``;
                 or ``lora``: each request trains a fresh low-rank adapter on ``lora.targets``,
                 fused into the weights when the request ends (docs/lora.md).
             optimizer: optimizer factory (``--model.optimizer=torch.optim.AdamW --model.optimizer.lr=...``;

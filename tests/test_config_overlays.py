@@ -171,8 +171,13 @@ def test_the_backbone_study_pairs_every_unet_run_with_its_dit_twin(resolve):
     configs = {run.name: resolve([*run.args, *study.common, f"--stream.run_dir={study.run_dir(run)}"]) for run in study.runs}
     unet_runs = [n for n in configs if n.startswith("unet_")]
     # ESD and CA x both protocols; ESD sequential at 50 steps a request and on keys/values
-    # only; ESD with L1 (two weights), projection; CA with L1, projection, top-k
-    assert len(unet_runs) == 12 and len(configs) == 24
+    # only; ESD with L1 (two weights), projection; CA with L1, projection, top-k; and two
+    # DiT-only runs that split esd-x's extra weights (queries, output projections)
+    assert len(unet_runs) == 12 and len(configs) == 26
+    for half in ("qkv", "kvo"):
+        assert {**configs[f"dit_esd_{half}"]["model"], "trainable": "kv-xattn"} == configs["dit_esd_kv"]["model"]
+        assert configs[f"dit_esd_{half}"]["model"]["trainable"] == f"{half}-xattn"
+        assert {**configs[f"dit_esd_{half}"]["stream"], "run_dir": None} == {**configs["dit_esd_kv"]["stream"], "run_dir": None}
     for name in unet_runs:
         unet, dit = configs[name], configs["dit_" + name[len("unet_"):]]
         assert (unet["model"]["backbone"], dit["model"]["backbone"]) == ("tinyworld", "tinyworld-dit")
@@ -180,3 +185,17 @@ def test_the_backbone_study_pairs_every_unet_run_with_its_dit_twin(resolve):
         assert {**dit["stream"], "run_dir": None} == {**unet["stream"], "run_dir": None}
         assert dit["data"] == unet["data"] and dit["data"]["requests"] == ["Abstractionism", "Byzantine", "Cartoon", "Ukiyo-e"]
         assert dit["trainer"]["callbacks"] == unet["trainer"]["callbacks"]  # the same regularizers on both
+
+
+def test_the_orders_study_pairs_each_esd_x_run_with_its_kv_xattn_twin(resolve):
+    """The replicated kv-xattn runs differ from the replicated esd-x runs only in what they train,
+    so the replicates' differences measure the trainable set (docs/dit.md)."""
+    study = Study.load(Path("configs/tinyworld_dit/study_backbones_esd_orders.yaml"))
+    assert all(run.seeds == [0, 1, 2] and run.shuffle_order for run in study.runs)
+    configs = {run.name: resolve([*run.args, *study.common]) for run in study.runs}
+    assert set(configs) == {f"{b}_esd_{s}" for b in ("unet", "dit") for s in ("sequential", "kv")}
+    for backbone in ("unet", "dit"):
+        esd_x, kv = configs[f"{backbone}_esd_sequential"], configs[f"{backbone}_esd_kv"]
+        assert (esd_x["model"]["trainable"], kv["model"]["trainable"]) == ("esd-x", "kv-xattn")
+        assert {**kv["model"], "trainable": "esd-x"} == esd_x["model"]
+        assert kv["stream"] == esd_x["stream"] and kv["data"] == esd_x["data"]

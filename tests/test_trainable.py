@@ -1,5 +1,6 @@
 import pytest
 
+from lightning_unlearn.tinyworld.dit import build_tiny_dit
 from lightning_unlearn.tinyworld.unet import build_tiny_unet
 from lightning_unlearn.trainable import TRAINABLE_SETS, apply_trainable, trainable_names
 
@@ -35,4 +36,20 @@ def test_apply_sets_requires_grad(unet):
 def test_unknown_set_is_named(unet):
     with pytest.raises(ValueError, match="unknown trainable set 'esd-q'"):
         trainable_names(unet, "esd-q")
-    assert set(TRAINABLE_SETS) == {"esd-x", "kv-xattn", "esd-u", "full"}
+    assert set(TRAINABLE_SETS) == {"esd-x", "kv-xattn", "qkv-xattn", "kvo-xattn", "esd-u", "full"}
+
+
+@pytest.mark.parametrize("build", [build_tiny_unet, build_tiny_dit], ids=["unet", "dit"])
+def test_the_two_halves_add_the_query_or_the_output_projection_to_keys_and_values(build):
+    """qkv-xattn and kvo-xattn sit between kv-xattn and esd-x and split what esd-x adds to
+    kv-xattn into the queries and the output projection, on both backbones."""
+    model = build()
+    kv = set(trainable_names(model, "kv-xattn"))
+    qkv = set(trainable_names(model, "qkv-xattn"))
+    kvo = set(trainable_names(model, "kvo-xattn"))
+    esd_x = set(trainable_names(model, "esd-x"))
+    queries = {n for n in esd_x if ".attn2.to_q." in n}
+    outputs = {n for n in esd_x if ".attn2.to_out." in n}
+    assert queries and outputs
+    assert qkv == kv | queries and kvo == kv | outputs
+    assert qkv | kvo == esd_x and qkv & kvo == kv
