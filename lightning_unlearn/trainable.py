@@ -8,16 +8,23 @@ from torch import nn
 
 from lightning_unlearn.errors import SettingsError
 
+
+def cross_attention(*projections: str) -> Callable[[str], bool]:
+    """Selects the named projections (``to_q``, ``to_k``, ``to_v``, ``to_out``) of every
+    cross-attention layer."""
+    return lambda name: any(f".attn2.{projection}." in name for projection in projections)
+
+
 TRAINABLE_SETS: dict[str, Callable[[str], bool]] = {
     # cross-attention layers only (ESD-x)
     "esd-x": lambda name: ".attn2." in name,
     # cross-attention key and value projections only (ESD-x-strict / Concept Ablation's kv-xattn)
-    "kv-xattn": lambda name: ".attn2.to_k." in name or ".attn2.to_v." in name,
+    "kv-xattn": cross_attention("to_k", "to_v"),
     # The two halves between kv-xattn and esd-x, to tell which of the cross-attention's query and
     # output projections a method's damage comes through (docs/dit.md): keys, values and queries;
     # keys, values and the output projection.
-    "qkv-xattn": lambda name: any(f".attn2.{proj}." in name for proj in ("to_q", "to_k", "to_v")),
-    "kvo-xattn": lambda name: any(f".attn2.{proj}." in name for proj in ("to_k", "to_v", "to_out")),
+    "qkv-xattn": cross_attention("to_q", "to_k", "to_v"),
+    "kvo-xattn": cross_attention("to_k", "to_v", "to_out"),
     # everything except cross-attention (ESD-u)
     "esd-u": lambda name: ".attn2." not in name,
     "full": lambda name: True,

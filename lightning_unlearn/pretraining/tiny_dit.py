@@ -161,12 +161,16 @@ class TinyDiTPretraining(TinyUNetPretraining):
         if "source_card" in checkpoint:
             self.source_card = checkpoint["source_card"]
 
+    @property
+    def denoiser_config(self) -> dict[str, Any]:
+        """The trained DiT's architecture: the shipped one with ``num_layers`` blocks."""
+        return {**TINY_DIT_CONFIG, "num_layers": self.hparams.num_layers}
+
     def fresh_denoiser(self) -> torch.nn.Module:
         """The DiT training starts from: DiT-initialised, or ``init_from``'s weights (deepened)."""
-        config = {**TINY_DIT_CONFIG, "num_layers": self.hparams.num_layers}
         if self.hparams.init_from is None:
-            return initialize_like_dit(build_tiny_dit(**config))
-        return deepen_dit(load_weights(self.hparams.init_from), **config)
+            return initialize_like_dit(build_tiny_dit(**self.denoiser_config))
+        return deepen_dit(load_weights(self.hparams.init_from), **self.denoiser_config)
 
     def card_model(self) -> dict:
         init = "DiT (xavier-uniform, zero output layers)"
@@ -175,7 +179,7 @@ class TinyDiTPretraining(TinyUNetPretraining):
                     f"{self.hparams.num_layers} blocks with zero-output new blocks")
         return {
             "model": "lightning_unlearn.denoisers.CrossAttentionDiT (diffusers.PixArtTransformer2DModel)",
-            "config": {**TINY_DIT_CONFIG, "num_layers": self.hparams.num_layers},
+            "config": self.denoiser_config,
             "initialization": init,
             **({"initialized_from": self.source_card} if self.source_card is not None else {}),
         }
