@@ -375,6 +375,9 @@ class StreamRunner:
             "concept": plan.request.concept, "kind": plan.request.kind, "protocol": self.settings.protocol,
             "erasing": [r.concept for r in plan.erasing], "train_steps": cap, "batch_size": self.data.batch_size,
             "world_size": self.trainer.world_size, "accumulate_grad_batches": self.trainer.accumulate_grad_batches,
+            # Restoring the checkpoint brings back its optimizer's hyperparameters over these:
+            # a changed --model.lr would otherwise be ignored for the rest of the request.
+            **{f"optimizer.{k}": v for k, v in self.module.optimizer_settings().items()},
         }
 
     # -- pre-emption ---------------------------------------------------------------------------

@@ -10,9 +10,10 @@ loss. Regularizer callbacks see only parameters, gradients and the request
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -44,6 +45,9 @@ TINY_BACKBONES: dict[str, type[TinyWorldBackbone]] = {"tinyworld": TinyWorldBack
 
 COMPILE_MODES: tuple[str, ...] = ("off", "default", "reduce-overhead", "max-autotune")
 """``--model.compile`` choices: ``off``, or the ``torch.compile`` mode the UNets are compiled with."""
+
+OPTIMIZER_IMPLEMENTATION_KEYS = frozenset({"params", "foreach", "fused", "capturable", "differentiable"})
+"""Param-group entries that say how an optimizer runs, not what it computes."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -413,9 +417,24 @@ class UnlearningModule(LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.unet.parameters() if p.requires_grad]
+        return self.build_optimizer([p for p in self.unet.parameters() if p.requires_grad])
+
+    def build_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimizer of ``--model.optimizer`` (or the default AdamW) over ``params``."""
         if self.optimizer_factory is not None:
             return self.optimizer_factory(params)
         # fused=None: PyTorch's own choice (foreach on CUDA); True: one fused kernel.
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=0.0,
                                  fused=True if self.hparams.get("fused_optimizer", False) else None)
+
+    def optimizer_settings(self) -> dict[str, Any]:
+        """The hyperparameters the optimizer is built with (learning rate, betas, weight decay...),
+        as JSON values; not how it runs (fused, foreach), which does not change the result.
+
+        Restoring a mid-request checkpoint brings back the optimizer's saved hyperparameters
+        over the configured ones, so a resumed request must have been saved with these (the
+        stream checks them with the rest of the request's identity).
+        """
+        probe = self.build_optimizer([torch.nn.Parameter(torch.zeros(1))])
+        group = {k: v for k, v in probe.param_groups[0].items() if k not in OPTIMIZER_IMPLEMENTATION_KEYS}
+        return json.loads(json.dumps(group, default=repr))

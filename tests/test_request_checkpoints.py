@@ -119,6 +119,13 @@ def test_checkpoints_are_refused_unless_they_match_their_record(tmp_path, cli_er
 
     with pytest.raises(CheckpointMismatchError, match="differently configured request .*train_steps: saved 6, now 8"):
         latest_checkpoint(run, 0, {**identity, "train_steps": 8})
+    # Restoring the checkpoint brings back its optimizer's learning rate: a re-run with another
+    # --model.lr used to finish the request with the saved one, silently. Refused, untouched.
+    folder = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert record["optimizer.lr"] == 5e-4 and record["optimizer.betas"] == [0.9, 0.999]
+    line = cli_error([*STREAM, f"--stream.run_dir={run}", *CHECKPOINTED, "--model.lr=2e-4"])
+    assert "request-01-step-000002.ckpt was saved by a differently configured request (optimizer.lr: saved 0.0005, now 0.0002)" in line
+    assert {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()} == folder
     with pytest.raises(CheckpointMismatchError, match="request-01-step-000002.ckpt is missing or does not match the sha256"):
         data = bytearray(ckpt.read_bytes())
         data[len(data) // 2] ^= 0x01

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from lightning_unlearn.atomic_io import save_weights, write_json
+from lightning_unlearn.errors import SettingsError
 from lightning_unlearn.pretraining.model_card import card_hyperparameters
 from lightning_unlearn.tinyworld.classifier import DEFAULT_CLASSIFIER_PATH, TinyWorldClassifier
 from lightning_unlearn.tinyworld.concepts import OBJECTS, STYLES
@@ -78,6 +79,24 @@ class ClassifierPretraining(LightningModule):
             },
             path.with_suffix(".json"),
         )
+
+    def on_train_start(self) -> None:
+        # A one-cycle schedule's length and peak are fixed when it is built, and a resume restores
+        # them (and the weight decay) from the checkpoint: a resume that asks for others would
+        # silently train with the checkpoint's, so it is refused before its first step.
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            group = scheduler.optimizer.param_groups[0]
+            saved = {"--trainer.max_steps": scheduler.total_steps, "--model.init_args.lr": group["max_lr"],
+                     "--model.init_args.weight_decay": group["weight_decay"]}
+            asked = {"--trainer.max_steps": max(1, self.trainer.max_steps), "--model.init_args.lr": self.hparams.lr,
+                     "--model.init_args.weight_decay": self.hparams.weight_decay}
+            differing = [f"{k} {saved[k]} (asked {asked[k]})" for k in saved if saved[k] != asked[k]]
+            if differing:
+                raise SettingsError(
+                    f"the classifier's checkpoint was trained on a one-cycle schedule with {', '.join(differing)}, "
+                    "which a resume cannot change: resume with the checkpoint's settings, or train from the start"
+                )
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -108,7 +108,9 @@ class TinyUNetPretraining(LightningModule):
         # Each start of training (fresh or resumed) and the max_steps it ran under: the cosine
         # schedule depends on max_steps, so weights from a run extended with a larger max_steps
         # are only reproduced by the same sequence of commands. Carried in the checkpoints.
-        self.schedule_segments: list[dict[str, int | None]] = []
+        # Since the learning rate and weight decay of a resumed stretch follow its command line,
+        # each segment records them too (segments from before that have none).
+        self.schedule_segments: list[dict[str, int | float | None]] = []
 
     def fresh_denoiser(self) -> torch.nn.Module:
         """The denoiser training starts from: the architecture's own initialisation here."""
@@ -205,8 +207,30 @@ class TinyUNetPretraining(LightningModule):
             self.export()
 
     def on_train_start(self) -> None:
-        # Here, not in on_fit_start: the global step of a resumed run is restored by now.
-        self.schedule_segments.append({"from_step": self.global_step, "max_steps": self.trainer.max_steps})
+        # Here, not in on_fit_start: the global step and optimizer state of a resumed run are
+        # restored by now.
+        self._apply_optimizer_settings()
+        self.schedule_segments.append({"from_step": self.global_step, "max_steps": self.trainer.max_steps,
+                                       "lr": self.hparams.lr, "weight_decay": self.hparams.weight_decay})
+
+    def _apply_optimizer_settings(self) -> None:
+        """Put this run's ``lr`` and ``weight_decay`` into the optimizer and the schedule.
+
+        A resume restores the optimizer's param groups and the scheduler's ``base_lrs`` from the
+        checkpoint, so without this a stretch resumed with a new ``--model.init_args.lr`` or
+        ``weight_decay`` silently trained with the old ones while its card recorded the new.
+        The moments (AdamW's state) stay as restored; the schedule's position too.
+        """
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            scheduler.base_lrs = [self.hparams.lr] * len(scheduler.base_lrs)
+            for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+                group["initial_lr"] = self.hparams.lr
+                group["lr"] = self.hparams.lr * factor(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["weight_decay"] = self.hparams.weight_decay
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["schedule_segments"] = list(self.schedule_segments)

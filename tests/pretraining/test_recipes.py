@@ -23,6 +23,25 @@ def test_classifier_recipe_exports_weights_and_card(tmp_path):
     assert str(tmp_path) not in out.with_suffix(".json").read_text()
 
 
+def test_a_classifier_resume_that_asks_for_another_schedule_is_refused_before_its_first_step(tmp_path, cli_error):
+    # The one-cycle schedule (its length, peak and the weight decay) comes back from the
+    # checkpoint: a resume with other settings used to train on with the old ones, silently.
+    out = tmp_path / "clf.safetensors"
+    args = ["pretrain", "--config", "configs/tinyworld/pretrain_classifier.yaml", "--trainer.val_check_interval=2",
+            f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_checkpointing=true",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}", "--trainer.callbacks.save_last=true",
+            "--data.init_args.batch_size=8", "--data.init_args.val_batches=1", f"--model.init_args.export_path={out}",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    main([*args, "--trainer.max_steps=4"])
+    saved = tmp_path / "ckpt" / "last.ckpt"
+    exported = out.read_bytes()
+    line = cli_error([*args, "--trainer.max_steps=6", "--model.init_args.lr=0.001", "--ckpt_path", str(saved)])
+    assert "--trainer.max_steps 4 (asked 6)" in line and "--model.init_args.lr 0.002 (asked 0.001)" in line
+    assert "weight_decay" not in line  # only what differs is named
+    assert out.read_bytes() == exported  # no step was taken, nothing exported
+
+
 def test_unet_recipe_samples_scores_and_exports(tmp_path):
     # Training ends at step 3, between validations (every 2): the card must not pair the step-3
     # weights with the step-2 measurement.
@@ -36,7 +55,7 @@ def test_unet_recipe_samples_scores_and_exports(tmp_path):
     card = json.loads((tmp_path / "tiny_unet.json").read_text())
     assert card["steps"] == 3 and 0.0 <= card["sample_accuracy"]["sample_object_acc"] <= 1.0
     assert card["sample_accuracy"]["step"] == 3
-    assert card["schedule_segments"] == [{"from_step": 0, "max_steps": 3}]
+    assert card["schedule_segments"] == [{"from_step": 0, "max_steps": 3, "lr": 0.001, "weight_decay": 0.01}]
     assert "export_dir" not in card["hyperparameters"] and card["hyperparameters"]["eval_steps"] == 2
     assert str(tmp_path) not in (tmp_path / "tiny_unet.json").read_text()
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
@@ -58,7 +77,8 @@ def test_dit_recipe_trains_with_flow_matching_and_resumes_after_a_validation(tmp
     card = json.loads((tmp_path / "tiny_dit.json").read_text())
     assert card["steps"] == 3 and card["model"].startswith("lightning_unlearn.denoisers.CrossAttentionDiT")
     # The resumed run extended the schedule: the card says which max_steps each stretch ran under.
-    assert card["schedule_segments"] == [{"from_step": 0, "max_steps": 2}, {"from_step": 2, "max_steps": 3}]
+    assert card["schedule_segments"] == [{"from_step": 0, "max_steps": 2, "lr": 0.0005, "weight_decay": 0.01},
+                                         {"from_step": 2, "max_steps": 3, "lr": 0.0005, "weight_decay": 0.01}]
     assert card["objective"]["objective"] == "flow-matching" and card["objective"]["timestep_sampling"] == "logit-normal"
     assert card["sampler"] == "diffusers.FlowMatchEulerDiscreteScheduler"
     assert card["initialization"] == "DiT (xavier-uniform, zero output layers)" and card["config"]["patch_size"] == 1
@@ -77,11 +97,20 @@ def test_a_resume_from_a_checkpoint_file_keeps_the_settings_given_on_the_command
     saved = tmp_path / "step2.ckpt"
     (tmp_path / "ckpt" / "last.ckpt").rename(saved)
     main([*args, "--trainer.max_steps=3", f"--model.init_args.export_dir={second}", "--model.init_args.lr=0.0001",
+          "--model.init_args.weight_decay=0.05", "--trainer.callbacks.init_args.every_n_train_steps=1",
           "--ckpt_path", str(saved)])
     card = json.loads((second / "tiny_dit.json").read_text())
     assert card["steps"] == 3 and card["hyperparameters"]["lr"] == 0.0001
-    assert card["schedule_segments"] == [{"from_step": 0, "max_steps": 2}, {"from_step": 2, "max_steps": 3}]
+    assert card["schedule_segments"] == [{"from_step": 0, "max_steps": 2, "lr": 0.0005, "weight_decay": 0.01},
+                                         {"from_step": 2, "max_steps": 3, "lr": 0.0001, "weight_decay": 0.05}]
     assert json.loads((first / "tiny_dit.json").read_text())["steps"] == 2  # the first run's export is untouched
+    # The optimizer trained with the new settings, not the checkpoint's: restoring its state used
+    # to bring back the old peak and weight decay while the card claimed the new ones.
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    group = state["optimizer_states"][0]["param_groups"][0]
+    assert state["lr_schedulers"][0]["base_lrs"] == [0.0001] and group["initial_lr"] == 0.0001
+    assert group["weight_decay"] == 0.05
+    assert group["lr"] == pytest.approx(0.0001 * 4 / card["hyperparameters"]["warmup_steps"])  # warm-up step 4
 
 
 def test_the_dit_recipe_deepens_a_trained_dit_starts_where_it_was_and_keeps_its_lineage(tmp_path):
