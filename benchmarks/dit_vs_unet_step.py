@@ -4,12 +4,12 @@
     python benchmarks/dit_vs_unet_step.py --quick        # smoke run
 
 For each method (ESD with the default stream's x_t bank, esd-x; Concept Ablation, kv-xattn) and
-backbone (``tinyworld``, ``tinyworld-dit``) one module serves its first style request
-(``begin_request``: the bank / anchor images are built once, not timed). Then, ``--repeats``
-rounds, the two backbones alternating within a round, each takes ``--steps`` training steps
+backbone (``tinyworld``, ``tinyworld-dit`` with 8 blocks, ``tinyworld-dit-12``) one module serves
+its first style request (``begin_request``: the bank / anchor images are built once, not timed).
+Then, ``--repeats`` rounds, the three backbones alternating within a round, each takes ``--steps`` training steps
 (the method's loss, backward, AdamW) on the same seeds; the first steps of a round are dropped as
 warm-up and the median over the kept steps of all rounds is reported, with DiT / UNet ratios
-measured in the same run (so the machine's load touches both alike).
+measured in the same run (so the machine's load touches all alike).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import time
 from _common import machine_line, median, parser, quiet_lightning, setup_torch, table
 
 WARMUP = 2
-BACKBONES = ("tinyworld", "tinyworld-dit")
+BACKBONES = ("tinyworld", "tinyworld-dit", "tinyworld-dit-12")
+DITS = {"tinyworld-dit": "DiT", "tinyworld-dit-12": "DiT-12"}
+"""Each DiT and the name its ratio to the UNet is printed under."""
 
 
 def main() -> None:
@@ -76,10 +78,11 @@ def main() -> None:
             trained = sum(p.numel() for p in module.unet.parameters() if p.requires_grad)
             rows.append((name, backbone, module.backbone.objective.name, f"{params / 1e6:.2f} M", f"{trained / 1e3:.0f} k",
                          median(times[backbone]) * 1000, len(times[backbone])))
-        ratios[name] = median(times["tinyworld-dit"]) / median(times["tinyworld"])
+        for dit, label in DITS.items():
+            ratios[f"{name}: {label}"] = median(times[dit]) / median(times["tinyworld"])
     print(table(["method", "backbone", "objective", "params", "trained", "step ms (median)", "steps timed"], rows))
     for name, ratio in ratios.items():
-        print(f"{name}: DiT / UNet per step = {ratio:.2f}")
+        print(f"{name} / UNet per step = {ratio:.2f}")
 
 
 if __name__ == "__main__":

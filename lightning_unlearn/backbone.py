@@ -167,6 +167,15 @@ class Backbone(nn.Module):
         return self.objective.sampling_scheduler()
 
 
+def backbone_label(denoiser: nn.Module, objective: str) -> str:
+    """How run folders and reports name a backbone: the denoiser's class, a transformer's depth,
+    and the training objective (``UNet2DConditionModel (epsilon)``, ``CrossAttentionDiT, 12
+    blocks (flow-matching)``)."""
+    layers = getattr(getattr(denoiser, "config", None), "num_layers", None)
+    depth = f", {layers} blocks" if isinstance(layers, int) else ""
+    return f"{type(denoiser).__name__}{depth} ({objective})"
+
+
 def check_clip_folder(path: str | Path) -> Path:
     """Return ``path`` if it is a local transformers CLIP folder with safetensors weights, else a
     named error (``--stream.evaluation.classifier``). Nothing is loaded yet."""

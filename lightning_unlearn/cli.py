@@ -20,6 +20,8 @@ file or the name of a shipped config (``tinyworld/esd_styles_sequential``; see
   ledger's structure, unexpected files (see ``lightning_unlearn.verify``; ``train.py verify --help``).
 - ``export``: write a committed request's model as a deployable folder (a diffusers pipeline, or
   the tiny world's UNet folder) with a model card (see ``lightning_unlearn.export``).
+- ``score``: a tiny-world UNet's or DiT's validation grid under several noise seeds, pooled with
+  Wilson intervals (see ``lightning_unlearn.pretraining.grid_score``; ``train.py score --help``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from lightning_unlearn.config_names import resolve_config_args
 from lightning_unlearn.errors import UnlearnError
 
-SUBCOMMANDS = ("pretrain", "unlearn", "attack", "report", "study", "findings", "verify", "export")
+SUBCOMMANDS = ("pretrain", "unlearn", "attack", "report", "study", "findings", "verify", "export", "score")
 
 
 def _quiet() -> None:
@@ -157,6 +159,10 @@ def _dispatch(argv: list[str] | None) -> None:
         from lightning_unlearn.verify import main as verify
 
         verify(rest)
+    elif command == "score":
+        from lightning_unlearn.pretraining.grid_score import main as score
+
+        score(rest)
     else:
         from lightning_unlearn.stream import unlearn
 

@@ -147,10 +147,13 @@ def check_base(plan: ExportPlan) -> None:
 
     backbone = (plan.config.get("model") or {}).get("backbone") or "tinyworld"
     if backbone != "tinyworld":
+        from lightning_unlearn.unlearning_module import TINY_BACKBONES
+
+        shipped = TINY_BACKBONES[backbone].weights_file if backbone in TINY_BACKBONES else "tiny-world DiT weights"
         raise ExportUnsupportedError(
             f"{plan.folder.path} unlearned --model.backbone={backbone}, a diffusion transformer: export writes UNet "
             f"pipelines only; request {plan.number}'s weights are {plan.folder.path / plan.entry[plan.weights_key]} "
-            "(safetensors over the shipped tiny_dit.safetensors)"
+            f"(safetensors over the shipped {shipped})"
         )
     if plan.pretrained:
         if not Path(plan.pretrained).exists():

@@ -39,6 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_unlearn.atomic_io import remove_stale_temporaries, save_weights, write_json
 from lightning_unlearn.attacks.runner import AttackRunner, attack_summary
 from lightning_unlearn.attacks.settings import ATTACK_NAMES, AttackSettings
+from lightning_unlearn.backbone import backbone_label
 from lightning_unlearn.callbacks.base import request_callbacks
 from lightning_unlearn.checks import at_least
 from lightning_unlearn.datamodules.concept_stream import ConceptStreamDataModule
@@ -183,8 +184,10 @@ class StreamRunner:
             "protocol_label": protocol_label(self.settings.protocol, self.settings.merge, simultaneous),
             "merge": asdict(self.settings.merge) if self.settings.merge is not None else None,
             "method": type(self.module.method).__name__,
-            # The denoiser's architecture and training objective: UNet2DConditionModel (epsilon), CrossAttentionDiT (flow-matching)...
-            "backbone": f"{type(self.module.unet).__name__} ({self.module.backbone.objective.name})",
+            # The denoiser's architecture and training objective: UNet2DConditionModel (epsilon),
+            # CrossAttentionDiT, 8 blocks (flow-matching)...; a transformer's depth is named so a
+            # report tells the tiny world's two DiTs (and real ones) apart.
+            "backbone": backbone_label(self.module.unet, self.module.backbone.objective.name),
             "trainable": self.module.trainable,
             # Each callback's label, class and settings (callbacks.base.RequestCallback.label).
             "callbacks": [cb.run_info_entry() for cb in request_callbacks(self.trainer)],

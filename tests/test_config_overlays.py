@@ -173,7 +173,15 @@ def test_the_backbone_study_pairs_every_unet_run_with_its_dit_twin(resolve):
     # ESD and CA x both protocols; ESD sequential at 50 steps a request and on keys/values
     # only; ESD with L1 (two weights), projection; CA with L1, projection, top-k; and two
     # DiT-only runs that split esd-x's extra weights (queries, output projections)
-    assert len(unet_runs) == 12 and len(configs) == 26
+    # and four on the 12-block DiT, each its 8-block twin with the backbone changed
+    assert len(unet_runs) == 12 and len(configs) == 30
+    dit12_runs = [n for n in configs if n.startswith("dit12_")]
+    assert dit12_runs == ["dit12_esd_sequential", "dit12_esd_simultaneous", "dit12_ca_sequential", "dit12_esd_kv"]
+    for name in dit12_runs:
+        deep, twin = configs[name], configs["dit_" + name[len("dit12_"):]]
+        assert deep["model"] == {**twin["model"], "backbone": "tinyworld-dit-12"}
+        assert {**deep, "model": None, "stream": None, "config": None} == {**twin, "model": None, "stream": None, "config": None}
+        assert {**deep["stream"], "run_dir": None} == {**twin["stream"], "run_dir": None}
     for half in ("qkv", "kvo"):
         assert {**configs[f"dit_esd_{half}"]["model"], "trainable": "kv-xattn"} == configs["dit_esd_kv"]["model"]
         assert configs[f"dit_esd_{half}"]["model"]["trainable"] == f"{half}-xattn"

@@ -37,10 +37,10 @@ def test_esd_sequential_on_the_dit_trains_its_cross_attention_and_records_drift_
     assert [r["concept"] for r in rows] == ["base", "Van Gogh", "Cartoon"]
     config = (run / "tensorboard").rglob("config.yaml")
     assert any("backbone: tinyworld-dit" in p.read_text() for p in config)
-    assert json.loads((run / "run.json").read_text())["backbone"] == "CrossAttentionDiT (flow-matching)"
+    assert json.loads((run / "run.json").read_text())["backbone"] == "CrossAttentionDiT, 8 blocks (flow-matching)"
     # The report's runs table names the backbone, so a study over both compares them side by side.
     [table] = [b for b in runs_section([load_run(run)]).blocks if isinstance(b, Table)]
-    assert dict(zip(table.headers, table.rows[0]))["backbone"] == "CrossAttentionDiT (flow-matching)"
+    assert dict(zip(table.headers, table.rows[0]))["backbone"] == "CrossAttentionDiT, 8 blocks (flow-matching)"
     weights = load_file(str(run / "requests" / "02-cartoon" / "weights.safetensors"))
     assert weights and all(k.startswith("transformer_blocks.") and ".attn2." in k for k in weights)
     drift = json.loads((run / "requests" / "02-cartoon" / "drift.json").read_text())
@@ -97,5 +97,5 @@ def _numbers(tree):
 def test_an_unknown_backbone_is_named(tmp_path, cli_error, value):
     line = cli_error(["unlearn", "--config", "configs/tinyworld/esd_styles_sequential.yaml",
                       f"--model.backbone={value}", f"--stream.run_dir={tmp_path / 'run'}"])
-    assert f"--model.backbone must be one of tinyworld, tinyworld-dit, got {value!r}" in line
+    assert f"--model.backbone must be one of tinyworld, tinyworld-dit, tinyworld-dit-12, got {value!r}" in line
     assert not (tmp_path / "run").exists()

@@ -95,7 +95,8 @@ def test_dit_vs_unet_step_benchmark_quick():
     out = run_quick("dit_vs_unet_step.py")
     rows = table_rows(out, "| method | backbone |")
     assert [(r[0], r[1], r[2]) for r in rows] == [
-        ("ESD", "tinyworld", "epsilon"), ("ESD", "tinyworld-dit", "flow-matching"),
-        ("CA", "tinyworld", "epsilon"), ("CA", "tinyworld-dit", "flow-matching"),
+        ("ESD", "tinyworld", "epsilon"), ("ESD", "tinyworld-dit", "flow-matching"), ("ESD", "tinyworld-dit-12", "flow-matching"),
+        ("CA", "tinyworld", "epsilon"), ("CA", "tinyworld-dit", "flow-matching"), ("CA", "tinyworld-dit-12", "flow-matching"),
     ]
-    assert "ESD: DiT / UNet per step = " in out and "CA: DiT / UNet per step = " in out
+    for name in ("ESD", "CA"):
+        assert f"{name}: DiT / UNet per step = " in out and f"{name}: DiT-12 / UNet per step = " in out
