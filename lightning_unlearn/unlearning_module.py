@@ -45,7 +45,7 @@ TINY_BACKBONES: dict[str, type[TinyWorldBackbone]] = {
     "tinyworld-dit": TinyDiTBackbone,
     "tinyworld-dit-12": TinyDiT12Backbone,
 }
-"""``--model.backbone`` choices: the tiny world's UNet (epsilon prediction) or its DiT (flow matching)."""
+"""``--model.backbone`` choices: the tiny world's UNet (epsilon prediction) or one of its two DiTs (flow matching)."""
 
 COMPILE_MODES: tuple[str, ...] = ("off", "default", "reduce-overhead", "max-autotune")
 """``--model.compile`` choices: ``off``, or the ``torch.compile`` mode the UNets are compiled with."""
